@@ -1,0 +1,144 @@
+"""Qwen2 decoder with Video-XL beacon projections, run over an explicit KV memory.
+
+A chunk of T new tokens attends to ``[memory (M slots, first mem_len valid) || chunk]``:
+memory columns are visible when ``slot < mem_len``; chunk columns causally (and only if valid).
+Memory keys are stored already rotated with their memory index, so nothing is re-rotated.
+Positions of the chunk are given by the caller (``mem_len + t`` on the release path).
+
+Rows flagged in ``beacon_mask`` take q/k/v from ``beacon_{q,k,v}`` (spec 3.6); ``o``, the MLP and
+the norms are shared. Layers return their chunk's *pre-RoPE* keys and values, so the caller can
+rotate them with whatever memory index they are stored at (beacons move, spec 3.8).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from vxl_jax.config import LMConfig
+from vxl_jax.model.attention import attend
+from vxl_jax.model.layers import OutProj, Proj, RMSNorm, param
+from vxl_jax.model.rope import apply_rope, rope_tables
+from vxl_jax.model.scan import scan_layers, stacked
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: LMConfig, dtype, rngs: nnx.Rngs):
+        D, H, KV, Dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q_axes, kv_axes = ("embed", "heads", "head_dim"), ("embed", "kv_heads", "head_dim")
+        self.q = Proj(D, (H, Dh), q_axes, dtype, rngs)
+        self.k = Proj(D, (KV, Dh), kv_axes, dtype, rngs)
+        self.v = Proj(D, (KV, Dh), kv_axes, dtype, rngs)
+        self.beacon_q = Proj(D, (H, Dh), q_axes, dtype, rngs)
+        self.beacon_k = Proj(D, (KV, Dh), kv_axes, dtype, rngs)
+        self.beacon_v = Proj(D, (KV, Dh), kv_axes, dtype, rngs)
+        self.o = OutProj(H, Dh, D, ("heads", "head_dim", "embed"), dtype, rngs, use_bias=False)
+
+    def qkv(self, x, beacon_mask):
+        """x [B, T, D] -> q [B, T, H, Dh], k, v [B, T, KV, Dh]; beacon rows use the beacon projections."""
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if beacon_mask is not None:
+            sel = beacon_mask[:, :, None, None]
+            q = jnp.where(sel, self.beacon_q(x), q)
+            k = jnp.where(sel, self.beacon_k(x), k)
+            v = jnp.where(sel, self.beacon_v(x), v)
+        return checkpoint_name(q, "query_proj"), checkpoint_name(k, "key_proj"), checkpoint_name(v, "value_proj")
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: LMConfig, dtype, rngs: nnx.Rngs):
+        D, F = cfg.hidden_size, cfg.intermediate_size
+        self.gate = Proj(D, (F,), ("embed", "mlp"), dtype, rngs, use_bias=False)
+        self.up = Proj(D, (F,), ("embed", "mlp"), dtype, rngs, use_bias=False)
+        self.down = Proj(F, (D,), ("mlp", "embed"), dtype, rngs, use_bias=False)
+
+    def __call__(self, x):
+        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: LMConfig, dtype, rngs: nnx.Rngs):
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, rngs)
+        self.attn = Attention(cfg, dtype, rngs)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, rngs)
+        self.mlp = MLP(cfg, dtype, rngs)
+
+    def __call__(self, x, *, cos, sin, mask, beacon_mask, mem_k, mem_v, attention: str):
+        """x [B, T, D]; cos/sin [B, T, Dh]; mask [B, T, M + T]; mem_k/mem_v [B, M, KV, Dh] or None.
+
+        Returns (x [B, T, D], k_pre_rope [B, T, KV, Dh], v [B, T, KV, Dh]).
+        """
+        q, k, v = self.attn.qkv(self.input_norm(x), beacon_mask)
+        q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if mem_k is not None:
+            keys = jnp.concatenate([mem_k.astype(k.dtype), k_rot], axis=1)
+            values = jnp.concatenate([mem_v.astype(v.dtype), v], axis=1)
+        else:
+            keys, values = k_rot, v
+        a = attend(q_rot, keys, values, mask, backend=attention)
+        x = x + checkpoint_name(self.attn.o(a), "out_proj")
+        x = x + self.mlp(self.post_attn_norm(x))
+        return x, k, v
+
+
+def chunk_mask(mem_len, mem_slots: int, valid):
+    """[B, T, M + T] bool: memory slot j visible iff j < mem_len[b]; chunk key t' iff t' <= t and valid."""
+    B, T = valid.shape
+    mem = jnp.arange(mem_slots)[None, None, :] < mem_len[:, None, None]
+    mem = jnp.broadcast_to(mem, (B, T, mem_slots))
+    causal = jnp.tril(jnp.ones((T, T), bool))[None] & valid[:, None, :]
+    return jnp.concatenate([mem, causal], axis=-1)
+
+
+class Qwen2LM(nnx.Module):
+    """Token + beacon embeddings, stacked decoder layers, final norm and untied ``lm_head``."""
+
+    def __init__(self, cfg: LMConfig, dtype, rngs: nnx.Rngs):
+        self.cfg = cfg
+        D, V = cfg.hidden_size, cfg.vocab_size
+        self.embed = param(rngs, (V, D), ("vocab", "embed"), dtype)
+        self.beacon_embed = param(rngs, (1, D), (None, "embed"), dtype)
+        self.layers = stacked(lambda r: DecoderLayer(cfg, dtype, r), cfg.num_layers, rngs)
+        self.final_norm = RMSNorm(D, cfg.rms_norm_eps, dtype, rngs)
+        self.lm_head = param(rngs, (D, V), ("embed", "vocab"), dtype)
+
+    def embed_tokens(self, ids, dtype):
+        """ids [B, T] int -> [B, T, D]."""
+        return jnp.take(self.embed[...], ids, axis=0).astype(dtype)
+
+    def beacon_vector(self, dtype):
+        return self.beacon_embed[...][0].astype(dtype)
+
+    def __call__(self, x, *, positions, valid=None, beacon_mask=None, mem_k=None, mem_v=None, mem_len=None,
+                 attention: str = "xla", remat: str = "none"):
+        """Run all layers over a chunk.
+
+        x [B, T, D] embeddings; positions [B, T]; valid [B, T] bool (default all);
+        mem_k/mem_v [L, B, M, KV, Dh] rotated memory (or None) with mem_len [B].
+        Returns (hidden [B, T, D] after the final norm, k_pre_rope [L, B, T, KV, Dh], v [L, B, T, KV, Dh]).
+        """
+        B, T, _ = x.shape
+        if valid is None:
+            valid = jnp.ones((B, T), bool)
+        M = 0 if mem_k is None else mem_k.shape[2]
+        if mem_len is None:
+            mem_len = jnp.zeros((B,), jnp.int32)
+        mask = chunk_mask(mem_len, M, valid)
+        cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+
+        def step(layer, h, mem):
+            mk, mv = (None, None) if mem is None else mem
+            h, k, v = layer(h, cos=cos, sin=sin, mask=mask, beacon_mask=beacon_mask, mem_k=mk, mem_v=mv,
+                            attention=attention)
+            return h, (k, v)
+
+        mem = None if mem_k is None else (mem_k, mem_v)
+        x, (ks, vs) = scan_layers(self.layers, step, x, mem, remat=remat)
+        return self.final_norm(x), ks, vs
+
+    def logits(self, hidden):
+        """hidden [..., D] -> fp32 logits [..., V]."""
+        return jnp.einsum("...d,dv->...v", hidden, self.lm_head[...].astype(hidden.dtype),
+                          preferred_element_type=jnp.float32)
