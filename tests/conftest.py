@@ -1,0 +1,42 @@
+"""Test setup: CPU only, 8 fake devices (for mesh tests), no hub access. Runs before jax is imported."""
+
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _golden_dir() -> pathlib.Path | None:
+    env = os.environ.get("VXL_GOLDEN_DIR")
+    candidates = [pathlib.Path(env)] if env else []
+    candidates += [ROOT.parent / "shared" / "golden", ROOT / "shared" / "golden"]
+    for c in candidates:
+        if (c / "tiny_videoxl" / "model.safetensors").is_file():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> pathlib.Path:
+    d = _golden_dir()
+    if d is None:
+        pytest.skip("golden data (../shared/golden) not found; set VXL_GOLDEN_DIR")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from vxl_jax.config import VideoXLConfig
+
+    return VideoXLConfig.from_yaml(ROOT / "configs" / "tiny.yaml")
