@@ -1,30 +1,73 @@
-"""User-facing API: ``VideoXL.load(path)``, ``prefill`` and ``generate``."""
+"""User-facing API.
+
+    vx = VideoXL.load("converted_dir", dtype="bfloat16")
+    res = vx.prefill(input_ids, pixel_values, ratio=8)      # .logits [S, vocab] fp32, .memory
+    new_ids = vx.generate(input_ids, pixel_values, ratio=8, max_new_tokens=64)
+
+``input_ids`` are 1-D token ids with exactly one ``-200`` placeholder where the video goes (or none:
+text only). ``pixel_values`` are preprocessed float32 frames [F, 3, 336, 336], or raw uint8 frames
+[F, H, W, 3] (CLIP-preprocessed here).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import math
+import time
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from tqdm.auto import tqdm
 
-from vxl_jax.config import VideoXLConfig
+from vxl_jax.config import ConfigError, VideoXLConfig
+from vxl_jax.engine import Engine
 from vxl_jax.memory import KVMemory
 from vxl_jax.model import VideoXLModel
+from vxl_jax.model.layers import dtype_of
+from vxl_jax.sampling import SamplingParams, choose
 
 IMAGE_TOKEN_INDEX = -200
+DEFAULT_RATIO = 8
+_SLOT_BUCKET = 256  # memory capacity and prompt lengths are rounded up to limit recompilation
+_TEXT_BUCKET = 16
 
 
 @dataclasses.dataclass
 class PrefillResult:
-    logits: np.ndarray  # float32 [S, vocab]: text after the video (every position for text-only)
-    memory: KVMemory  # compressed memory after the prompt (prefix + beacons + text)
+    logits: np.ndarray  # float32 [S, vocab]: the S text tokens after the video (every token if text-only)
+    memory: KVMemory  # after the whole prompt: [prefix || beacons || text]
+    video_memory: KVMemory | None = None  # after the visual span only ([prefix || beacons]): reusable
+    ratios: tuple[int, ...] = ()  # the ratio used for each window
+
+    @property
+    def sizes(self) -> dict:
+        return {k: int(np.asarray(v)[0]) for k, v in self.memory.sizes().items()}
+
+
+def _round_up(n: int, m: int) -> int:
+    return max(m, -(-n // m) * m)
+
+
+def split_prompt(input_ids) -> tuple[np.ndarray, np.ndarray | None]:
+    """1-D ids -> (prefix, suffix) around the single -200 placeholder, or (ids, None) if there is none."""
+    ids = np.asarray(input_ids)
+    if ids.ndim != 1:
+        raise ValueError(f"input_ids must be 1-D token ids, got shape {ids.shape}")
+    where = np.flatnonzero(ids == IMAGE_TOKEN_INDEX)
+    if len(where) > 1:
+        raise ValueError(f"input_ids contain {len(where)} video placeholders (-200); exactly one is supported")
+    if np.any((ids < 0) & (ids != IMAGE_TOKEN_INDEX)):
+        raise ValueError("input_ids contain negative ids other than the -200 placeholder")
+    if not len(where):
+        return ids.astype(np.int32), None
+    p = int(where[0])
+    return ids[:p].astype(np.int32), ids[p + 1:].astype(np.int32)
 
 
 class VideoXL:
-    """A loaded Video-XL: config, parameters and (optionally) tokenizer + generation defaults."""
+    """A loaded Video-XL: config, parameters, tokenizer and generation defaults."""
 
     def __init__(self, cfg: VideoXLConfig, model: VideoXLModel, tokenizer: Any = None,
                  generation_config: dict | None = None):
@@ -32,25 +75,280 @@ class VideoXL:
         self.model = model
         self.tokenizer = tokenizer
         self.generation_config = dict(generation_config or {})
-        self._graphdef, self._state = nnx.split(model)
-        self._text_logits = jax.jit(
-            lambda state, ids: nnx.merge(self._graphdef, state).text_logits(ids))
+        self.engine = Engine(model)
+        # The original's "step-random" ratio generator: seeded once, continues across calls.
+        self.ratio_rng = np.random.default_rng(42)
+        self.stats: dict = {}
 
     @classmethod
     def load(cls, path, dtype: str = "float32") -> "VideoXL":
-        """Load a folder written by ``convert_weights.py`` (config, params, tokenizer)."""
+        """Load a folder written by ``convert_weights.py`` (config, params, tokenizer, generation config)."""
         from vxl_jax.checkpoint import load_converted
 
         cfg, model, tokenizer, gen = load_converted(path, dtype=dtype)
         return cls(cfg, model, tokenizer, gen)
 
-    def prefill(self, input_ids, pixel_values=None, ratio: int | None = None) -> PrefillResult:
-        ids = np.asarray(input_ids)
-        if ids.ndim != 1:
-            raise ValueError(f"input_ids must be 1-D token ids, got shape {ids.shape}")
-        if pixel_values is None:
+    # ------------------------------------------------------------------ inputs
+
+    @property
+    def _dtype(self):
+        return dtype_of(self.cfg.runtime.compute_dtype)
+
+    def _pixels(self, pixel_values) -> np.ndarray:
+        px = np.asarray(pixel_values)
+        v = self.cfg.vision
+        if px.ndim == 4 and px.dtype == np.uint8 and px.shape[-1] == 3:
+            from vxl_jax.preprocess import preprocess_frames
+
+            px = preprocess_frames(px, size=v.image_size)
+        if px.ndim == 3:
+            px = px[None]
+        if px.ndim != 4 or px.shape[1:] != (v.num_channels, v.image_size, v.image_size):
+            raise ValueError(
+                f"pixel_values must be float [F, {v.num_channels}, {v.image_size}, {v.image_size}] or uint8 "
+                f"[F, H, W, 3], got {px.dtype} {px.shape}")
+        if px.shape[0] == 0:
+            raise ValueError("pixel_values has zero frames")
+        return px.astype(np.float32)
+
+    def _ratio_schedule(self, ratio, num_visual: int) -> tuple[tuple[int, ...], np.ndarray]:
+        """-> (distinct ratios, per-window index). ``ratio``: int, or a list for step-random mode."""
+        window = self.cfg.beacon.window
+        n_windows = math.ceil(num_visual / window)
+        if ratio is None:
+            ratio = DEFAULT_RATIO
+        if isinstance(ratio, (int, np.integer)):
+            self.cfg.beacon.check_ratio(int(ratio))
+            return (int(ratio),), np.zeros(n_windows, np.int32)
+        candidates = [int(r) for r in ratio]
+        for r in candidates:
+            self.cfg.beacon.check_ratio(r)
+        picks = []
+        for w in range(n_windows):
+            stride = min(window, num_visual - w * window)
+            valid = [r for r in candidates if stride >= r and stride % r == 0]
+            if not valid:
+                raise ConfigError(f"no ratio in {candidates} divides the {stride}-token window {w}")
+            picks.append(int(self.ratio_rng.choice(valid)))
+        distinct = tuple(sorted(set(picks)))
+        return distinct, np.array([distinct.index(r) for r in picks], np.int32)
+
+    def _empty_memory(self, slots: int) -> KVMemory:
+        lm = self.cfg.lm
+        return KVMemory.empty(lm.num_layers, 1, _round_up(slots, _SLOT_BUCKET), lm.num_kv_heads, lm.head_dim,
+                              self._dtype)
+
+    def _text(self, mem: KVMemory, ids: np.ndarray, kind: str):
+        n = len(ids)
+        padded = np.zeros((1, _round_up(n, _TEXT_BUCKET)), np.int32)
+        padded[0, :n] = ids
+        logits, mem = self.engine.text(mem, jnp.asarray(padded), jnp.array([n], jnp.int32), kind=kind)
+        return logits[0, :n], mem
+
+    # ------------------------------------------------------------------ visual tokens
+
+    def image_features(self, pixel_values) -> np.ndarray:
+        """Anyres image views [1 + T, 3, S, S] -> [144 T, D] (base view dropped, tiles pooled);
+        a single view [1, 3, S, S] -> its 576 unpooled projector rows (spec 1.4)."""
+        px = self._pixels(pixel_values)
+        if px.shape[0] == 1:
+            return np.asarray(self.engine.features(jnp.asarray(px), pooled=False))[0]
+        f = np.asarray(self.engine.features(jnp.asarray(px[1:]), pooled=True))
+        return f.reshape(-1, f.shape[-1])
+
+    # ------------------------------------------------------------------ prefill
+
+    def prefill(self, input_ids, pixel_values=None, ratio: int | Sequence[int] | None = None, *,
+                features=None, extra_slots: int = 0, progress: bool = False, keep_memory: bool = True) -> PrefillResult:
+        """Run the prompt; returns logits of the text after the video and the compressed memory.
+
+        ratio: an int (fixed for every window; default 8) or a list of ratios for the original's
+        "step-random" mode (numpy ``default_rng(42)`` choice per window, continuing across calls).
+        features: precomputed visual tokens [N, D] instead of ``pixel_values`` (e.g. image tiles).
+        extra_slots: memory room to reserve for generation.
+        keep_memory=False drops every beacon (ablation: the text sees no video).
+        """
+        t_start = time.perf_counter()
+        c0, r0 = self.engine.compile_s, self.engine.run_s
+        prefix, suffix = split_prompt(input_ids)
+        if suffix is None:
+            if pixel_values is not None or features is not None:
+                raise ValueError("pixel_values given but input_ids have no -200 video placeholder")
+            mem = self._empty_memory(len(prefix) + extra_slots + _TEXT_BUCKET)
+            logits, mem = self._text(mem, prefix, "text")
+            self._record_stats(t_start, c0, r0, frames=0, visual=0, mem=mem)
+            return PrefillResult(np.asarray(logits, np.float32), mem)
+        if pixel_values is None and features is None:
+            raise ValueError("input_ids contain the -200 video placeholder but no pixel_values were given")
+        b = self.cfg.beacon
+        if features is not None:
+            feats = np.asarray(features, np.float32)
+            num_visual, frames = feats.shape[0], 0
+        else:
+            px = self._pixels(pixel_values)
+            frames = px.shape[0]
+            num_visual = frames * b.tokens_per_frame
+        ratios, ratio_idx = self._ratio_schedule(ratio, num_visual)
+        n_windows = len(ratio_idx)
+        max_beacons = n_windows * (b.window // min(ratios))
+        mem = self._empty_memory(len(prefix) + max_beacons + len(suffix) + extra_slots + 2 * _TEXT_BUCKET)
+        if len(prefix):
+            _, mem = self._text(mem, prefix, "prefix")
+
+        counts = np.clip(num_visual - np.arange(n_windows) * b.window, 0, b.window).astype(np.int32)
+        if features is not None:
+            pad = n_windows * b.window - num_visual
+            inputs = np.concatenate([feats, np.zeros((pad, feats.shape[1]), np.float32)])
+            inputs = inputs.reshape(n_windows, 1, b.window, feats.shape[1])
+        else:
+            fpw = b.frames_per_window
+            pad = n_windows * fpw - frames
+            inputs = np.concatenate([px, np.zeros((pad, *px.shape[1:]), np.float32)])
+            inputs = inputs.reshape(n_windows, 1, fpw, *px.shape[1:])
+        bar = tqdm(total=n_windows, desc="windows", unit="win", disable=not progress, leave=False)
+        start = 0
+        for size in _chunk_sizes(n_windows):
+            sl = slice(start, start + size)
+            mem = self.engine.windows(mem, jnp.asarray(inputs[sl], self._dtype), jnp.asarray(counts[sl][:, None]),
+                                      jnp.asarray(ratio_idx[sl]), ratios=ratios, from_pixels=features is None,
+                                      keep=keep_memory)
+            start += size
+            bar.update(size)
+        bar.close()
+        video_mem = mem
+        logits, mem = self._text(mem, suffix, "text")
+        self._record_stats(t_start, c0, r0, frames=frames, visual=num_visual, mem=mem)
+        return PrefillResult(np.asarray(logits, np.float32), mem, video_mem, tuple(ratios[i] for i in ratio_idx))
+
+    def _record_stats(self, t_start, c0, r0, *, frames, visual, mem):
+        self.stats = {
+            "frames": frames, "visual_tokens": visual, "kept_kv": int(np.asarray(mem.length)[0]),
+            "memory_sizes": {k: int(np.asarray(v)[0]) for k, v in mem.sizes().items()},
+            "compile_s": self.engine.compile_s - c0, "run_s": self.engine.run_s - r0,
+            "wall_s": time.perf_counter() - t_start, "peak_mem_bytes": _peak_memory_bytes(),
+        }
+
+    # ------------------------------------------------------------------ generation
+
+    def sampling_params(self, do_sample=None, temperature=None, top_k=None, top_p=None,
+                        repetition_penalty=None) -> SamplingParams:
+        """Explicit arguments, else the checkpoint's generation_config.json, else greedy."""
+        g = self.generation_config
+        pick = lambda v, key, default: v if v is not None else g.get(key, default)  # noqa: E731
+        do_sample = bool(pick(do_sample, "do_sample", False))
+        return SamplingParams(
+            do_sample=do_sample,
+            temperature=float(pick(temperature, "temperature", 1.0)) if do_sample else 1.0,
+            top_k=int(pick(top_k, "top_k", 0) or 0) if do_sample else 0,
+            top_p=float(pick(top_p, "top_p", 1.0) or 1.0) if do_sample else 1.0,
+            repetition_penalty=float(pick(repetition_penalty, "repetition_penalty", 1.0)),
+        )
+
+    def stop_ids(self) -> set[int]:
+        eos = self.generation_config.get("eos_token_id", self.cfg.lm.eos_token_id)
+        ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        if self.tokenizer is not None:
+            for tok in ("<|im_end|>", "<|endoftext|>"):
+                tid = self.tokenizer.convert_tokens_to_ids(tok)
+                if isinstance(tid, int) and tid >= 0 and tid != getattr(self.tokenizer, "unk_token_id", None):
+                    ids.add(tid)
+        return ids
+
+    def generate(self, input_ids, pixel_values=None, ratio=None, max_new_tokens: int | None = None, *,
+                 do_sample=None, temperature=None, top_k=None, top_p=None, repetition_penalty=None, seed: int = 0,
+                 memory: KVMemory | None = None, stop_ids=None, features=None, progress: bool = False,
+                 return_logits: bool = False):
+        """Generate new token ids (np.int32 1-D, the stop token included if reached).
+
+        With ``memory`` (a saved video memory: prefix + beacons), ``input_ids`` are only the text that
+        follows the video (e.g. "\\n{question}<|im_end|>\\n<|im_start|>assistant\\n"): nothing is re-encoded.
+        """
+        max_new = int(max_new_tokens if max_new_tokens is not None else self.generation_config.get("max_new_tokens", 64))
+        if max_new < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        params = self.sampling_params(do_sample, temperature, top_k, top_p, repetition_penalty)
+        stops = set(stop_ids) if stop_ids is not None else self.stop_ids()
+        t_start = time.perf_counter()
+        if memory is not None:
+            ids = np.asarray(input_ids)
             if (ids == IMAGE_TOKEN_INDEX).any():
-                raise ValueError("input_ids contain the -200 video placeholder but pixel_values is None")
-            logits = self._text_logits(self._state, jnp.asarray(ids[None], jnp.int32))[0]
-            return PrefillResult(np.asarray(logits, np.float32), None)
-        raise NotImplementedError("video prefill: see vxl_jax.beacon")
+                raise ValueError("with memory=..., input_ids must be the text after the video (no -200 placeholder)")
+            c0, r0 = self.engine.compile_s, self.engine.run_s
+            mem = ensure_capacity(memory, int(np.asarray(memory.length)[0]) + len(ids) + max_new + _TEXT_BUCKET)
+            logits, mem = self._text(mem, ids.astype(np.int32), "text")
+            logits = np.asarray(logits, np.float32)
+            self._record_stats(t_start, c0, r0, frames=0, visual=0, mem=mem)
+            seen = ids[ids >= 0]
+        else:
+            res = self.prefill(input_ids, pixel_values, ratio, features=features, extra_slots=max_new + _TEXT_BUCKET,
+                               progress=progress)
+            logits, mem = res.logits, res.memory
+            ids = np.asarray(input_ids)
+            seen = ids[ids >= 0]
+        rng = np.random.default_rng(seed)
+        out, step_logits = [], []
+        c0, r0 = self.engine.compile_s, self.engine.run_s
+        bar = tqdm(total=max_new, desc="generate", unit="tok", disable=not progress, leave=False)
+        last = logits[-1]
+        for i in range(max_new):
+            step_logits.append(last)
+            tok = choose(last, np.concatenate([seen, np.asarray(out, np.int64)]), params, rng)
+            out.append(tok)
+            bar.update(1)
+            if tok in stops or i == max_new - 1:
+                break  # the last token is never fed back (as the original)
+            lg, mem = self.engine.text(mem, jnp.array([[tok]], jnp.int32), jnp.array([1], jnp.int32), kind="text",
+                                       donate=True)
+            last = np.asarray(lg[0, 0], np.float32)
+        bar.close()
+        self.stats.update({"generated": len(out), "decode_compile_s": self.engine.compile_s - c0,
+                           "decode_run_s": self.engine.run_s - r0, "kept_kv": int(np.asarray(mem.length)[0]),
+                           "peak_mem_bytes": _peak_memory_bytes()})
+        self.last_memory = mem
+        result = np.asarray(out, np.int32)
+        return (result, np.stack(step_logits)) if return_logits else result
+
+    # ------------------------------------------------------------------ memory persistence
+
+    def save_memory(self, path, memory: KVMemory) -> None:
+        from vxl_jax.memory_io import save_memory
+
+        save_memory(path, memory, self.cfg)
+
+    def load_memory(self, path) -> KVMemory:
+        from vxl_jax.memory_io import load_memory
+
+        return load_memory(path, self.cfg, dtype=self._dtype)
+
+
+def _chunk_sizes(n: int, largest: int = 8) -> list[int]:
+    """Split n windows into scan calls of sizes 8, 4, 2, 1 (few compilations, no padded windows)."""
+    sizes, size = [], largest
+    while n:
+        while size > n:
+            size //= 2
+        sizes.append(size)
+        n -= size
+    return sizes
+
+
+def ensure_capacity(mem: KVMemory, slots: int) -> KVMemory:
+    """Grow the memory buffer (zero slots at the end) so that it holds at least ``slots`` entries."""
+    if mem.capacity >= slots:
+        return mem
+    extra = _round_up(slots, _SLOT_BUCKET) - mem.capacity
+    pad = [(0, 0), (0, 0), (0, extra), (0, 0), (0, 0)]
+    return mem.replace(k=jnp.pad(mem.k, pad), v=jnp.pad(mem.v, pad))
+
+
+def _peak_memory_bytes() -> int:
+    """Accelerator peak bytes in use when the backend reports it, else the process's peak RSS."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            return int(stats["peak_bytes_in_use"])
+    except Exception:  # pragma: no cover - backend without memory stats
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

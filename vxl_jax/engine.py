@@ -1,0 +1,88 @@
+"""Jitted inference steps over explicit state: prompt text, window scan, decoding.
+
+Every function takes the model's parameter state (``nnx.split``) and a :class:`KVMemory` and returns
+a new memory; nothing is hidden in the module. Compiled executables are cached by input shapes,
+and compile time is accounted separately from run time (``Engine.stats``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vxl_jax.beacon.windows import compress_windows
+from vxl_jax.memory import KVMemory, append
+
+
+def _text_chunk(graphdef, state, mem: KVMemory, ids, n, *, kind: str):
+    """ids [B, T] (first n[b] valid) after the memory -> (fp32 logits [B, T, V], memory with them appended)."""
+    model = nnx.merge(graphdef, state)
+    rt = model.cfg.runtime
+    B, T = ids.shape
+    t = jnp.arange(T, dtype=jnp.int32)[None]
+    positions = mem.length[:, None] + t
+    hidden, k, v = model.lm(model.lm.embed_tokens(ids, model.compute_dtype), positions=positions, valid=t < n[:, None],
+                            mem_k=mem.k, mem_v=mem.v, mem_len=mem.length, attention=rt.attention)
+    mem = append(mem, k, v, n, theta=model.cfg.lm.rope_theta, kind=kind)
+    return model.lm.logits(hidden), mem
+
+
+def _windows(graphdef, state, mem, windows, n_valid, ratio_idx, *, ratios, from_pixels, keep):
+    model = nnx.merge(graphdef, state)
+    rt = model.cfg.runtime
+    return compress_windows(model, mem, windows, n_valid, ratio_idx, ratios=ratios, from_pixels=from_pixels,
+                            attention=rt.attention, keep=keep)
+
+
+def _features(graphdef, state, pixels, *, pooled: bool):
+    model = nnx.merge(graphdef, state)
+    if pooled:
+        return model.encode_frames(pixels)
+    return model.projector(model.vision_features(pixels))
+
+
+class Engine:
+    """Holds ``(graphdef, state)`` and a cache of compiled steps."""
+
+    def __init__(self, model):
+        self.graphdef, self.state = nnx.split(model)
+        self.cfg = model.cfg
+        self._compiled: dict = {}
+        self.compile_s = 0.0
+        self.run_s = 0.0
+
+    def _run(self, name, fn, static: dict, *args, donate: tuple = ()):
+        key = (name, tuple(sorted(static.items())),
+               tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(args)))
+        exe = self._compiled.get(key)
+        if exe is None:
+            t0 = time.perf_counter()
+            jitted = jax.jit(lambda *a: fn(self.graphdef, *a, **static), donate_argnums=donate)
+            exe = jitted.lower(*args).compile()
+            self._compiled[key] = exe
+            self.compile_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = exe(*args)
+        jax.block_until_ready(out)
+        self.run_s += time.perf_counter() - t0
+        return out
+
+    def text(self, mem: KVMemory, ids, n, kind: str = "text", donate: bool = False):
+        return self._run("text", _text_chunk, {"kind": kind}, self.state, mem, ids, n, donate=(1,) if donate else ())
+
+    def windows(self, mem, windows, n_valid, ratio_idx, *, ratios, from_pixels: bool, keep: bool = True):
+        return self._run("windows", _windows, {"ratios": tuple(ratios), "from_pixels": from_pixels, "keep": keep},
+                         self.state, mem, windows, n_valid, ratio_idx)
+
+    def features(self, pixels, pooled: bool = True):
+        return self._run("features", _features, {"pooled": pooled}, self.state, pixels)
+
+    def compiled_memory(self):
+        """``memory_analysis()`` of every compiled step, by name."""
+        out = {}
+        for key, exe in self._compiled.items():
+            out.setdefault(key[0], []).append(exe.memory_analysis())
+        return out
