@@ -1,0 +1,78 @@
+"""Training objective: the windowed forward with per-window ratios, gradients through the memory.
+
+Sequence layout per sample (spec 4): ``prefix || video windows || suffix``; labels are already
+shifted (label[i] = the token that should follow position i, -100 = ignore). Visual and beacon
+positions carry no loss, so only prefix and suffix rows are scored; the suffix reads the video
+only through the beacon K/V in memory, so the loss back-propagates through every window.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from vxl_jax.beacon.windows import compress_windows, window_token_counts
+from vxl_jax.memory import KVMemory, append
+
+IGNORE_INDEX = -100
+
+
+def token_cross_entropy(logits, labels):
+    """logits [B, T, V] fp32, labels [B, T] (-100 ignored) -> (sum of losses, number of scored tokens)."""
+    scored = labels != IGNORE_INDEX
+    safe = jnp.where(scored, labels, 0)
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(scored, logz - picked, 0.0)), jnp.sum(scored).astype(jnp.int32)
+
+
+def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], remat: str = "none",
+                  keep_memory: bool = True, window_remat: bool = True):
+    """Summed token CE over prefix and suffix of a batch, and the number of scored tokens.
+
+    batch: prefix_ids/prefix_labels [B, P], prefix_len [B]; pixels [B, F, 3, S, S], num_frames [B];
+    suffix_ids/suffix_labels [B, S], suffix_len [B]. ratio_idx [W] int32 (W = ceil(F / frames per
+    window)) picks each window's ratio from ``ratios``. ``keep_memory=False`` cuts the beacon memory
+    off (ablation). Returns (loss_sum fp32 scalar, n_tokens int32 scalar).
+    """
+    cfg = model.cfg
+    lm, b, rt = model.lm, cfg.beacon, cfg.runtime
+    dtype = model.compute_dtype
+    ratios = tuple(int(r) for r in ratios)
+    prefix_ids, suffix_ids, pixels = batch["prefix_ids"], batch["suffix_ids"], batch["pixels"]
+    B, P = prefix_ids.shape
+    S = suffix_ids.shape[1]
+    F = pixels.shape[1]
+    fpw = b.frames_per_window
+    W = -(-F // fpw)
+    if ratio_idx.shape != (W,):
+        raise ValueError(f"ratio_idx must have shape ({W},) for {F} frames, got {ratio_idx.shape}")
+    capacity = P + W * (b.window // min(ratios))
+    mem = KVMemory.empty(cfg.lm.num_layers, B, capacity, cfg.lm.num_kv_heads, cfg.lm.head_dim, dtype)
+
+    # Prefix: plain causal text, kept in full as the sink.
+    t = jnp.arange(P, dtype=jnp.int32)[None]
+    hidden, k, v = lm(lm.embed_tokens(prefix_ids, dtype), positions=jnp.broadcast_to(t, (B, P)),
+                      valid=t < batch["prefix_len"][:, None], mem_k=mem.k, mem_v=mem.v, mem_len=mem.length,
+                      attention=rt.attention, remat=rt.remat if remat is None else remat)
+    loss, count = token_cross_entropy(lm.logits(hidden), jnp.where(t < batch["prefix_len"][:, None],
+                                                                   batch["prefix_labels"], IGNORE_INDEX))
+    mem = append(mem, k, v, batch["prefix_len"], theta=cfg.lm.rope_theta, kind="prefix")
+
+    # Video: one scan over windows; CLIP + projector + pool run inside each window step.
+    if W:
+        pad = W * fpw - F
+        px = jnp.pad(pixels.astype(dtype), [(0, 0), (0, pad)] + [(0, 0)] * (pixels.ndim - 2))
+        windows = px.reshape(B, W, fpw, *pixels.shape[2:]).swapaxes(0, 1)  # [W, B, fpw, 3, S, S]
+        n_valid = window_token_counts(batch["num_frames"] * b.tokens_per_frame, W, b.window)
+        mem = compress_windows(model, mem, windows, n_valid, ratio_idx, ratios=ratios, from_pixels=True,
+                               attention=rt.attention, remat=remat, window_remat=window_remat, keep=keep_memory)
+
+    # Suffix: reads [prefix || beacons]; scored.
+    t = jnp.arange(S, dtype=jnp.int32)[None]
+    hidden, _, _ = lm(lm.embed_tokens(suffix_ids, dtype), positions=mem.length[:, None] + t,
+                      valid=t < batch["suffix_len"][:, None], mem_k=mem.k, mem_v=mem.v, mem_len=mem.length,
+                      attention=rt.attention, remat=remat)
+    s_loss, s_count = token_cross_entropy(lm.logits(hidden), jnp.where(t < batch["suffix_len"][:, None],
+                                                                       batch["suffix_labels"], IGNORE_INDEX))
+    return loss + s_loss, count + s_count
