@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Convert a released Video-XL PyTorch checkpoint to our format (or back with --to-torch).
+
+    python convert_weights.py --src HF_DIR --dst OUT_DIR [--dtype bfloat16|float32]
+                              [--vision-config CLIP_CONFIG.json] [--init-beacon]
+    python convert_weights.py --to-torch --src OUT_DIR --dst HF_DIR [--dtype ...]
+
+Errors in the input (missing/extra/mis-shaped tensors, missing shards, truncated files...) are
+reported in one message and nothing is written; the exit status is then 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--src", required=True, help="source folder")
+    ap.add_argument("--dst", required=True, help="destination folder (must not exist or be empty)")
+    ap.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default=None,
+                    help="stored dtype (default: bfloat16 if the source is all bf16, else float32; "
+                         "--to-torch: the stored dtype)")
+    ap.add_argument("--vision-config", default=None, help="CLIP (vision) config.json to use")
+    ap.add_argument("--init-beacon", action="store_true",
+                    help="plain Qwen2/LLaVA checkpoint: initialise beacon q/k/v from q/k/v and the beacon "
+                         "embedding from the eos row")
+    ap.add_argument("--to-torch", action="store_true", help="reverse: our folder -> released PyTorch layout")
+    ap.add_argument("--max-shard-gb", type=float, default=5.0, help="--to-torch shard size")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+
+    from vxl_jax.config import ConfigError
+    from vxl_jax.convert import ConversionError, convert, export_torch
+
+    try:
+        if args.to_torch:
+            if args.vision_config or args.init_beacon:
+                raise ConversionError("--vision-config/--init-beacon apply to torch -> ours only")
+            summary = export_torch(args.src, args.dst, dtype=args.dtype,
+                                   max_shard_bytes=int(args.max_shard_gb * (1 << 30)), progress=not args.quiet)
+        else:
+            summary = convert(args.src, args.dst, dtype=args.dtype, vision_config=args.vision_config,
+                              init_beacon=args.init_beacon, progress=not args.quiet)
+    except (ConversionError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Converted-checkpoint folders: save and load.
+
+Layout (written by ``convert_weights.py`` or :func:`save_converted`)::
+
+    vxl_config.json        our VideoXLConfig
+    params/                Orbax StandardCheckpointer tree of the NNX parameters (pure dict)
+    generation_config.json, tokenizer files (optional), conversion.json (summary)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from vxl_jax.config import VideoXLConfig
+from vxl_jax.convert.errors import ConversionError
+
+CONFIG_NAME, PARAMS_DIR = "vxl_config.json", "params"
+_TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def check_converted_folder(path) -> VideoXLConfig:
+    """Config of a converted folder; a clear error if ``path`` is something else (e.g. a raw HF folder)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ConversionError(f"checkpoint folder not found: {path}")
+    if not os.path.isfile(os.path.join(path, CONFIG_NAME)):
+        if os.path.isfile(os.path.join(path, "config.json")):
+            raise ConversionError(
+                f"{path} looks like a PyTorch/Hugging Face checkpoint (config.json, no {CONFIG_NAME}). "
+                f"Convert it first: python convert_weights.py --src {path} --dst CONVERTED_DIR")
+        raise ConversionError(f"{path} is not a converted Video-XL checkpoint ({CONFIG_NAME} missing)")
+    if not os.path.isdir(os.path.join(path, PARAMS_DIR)):
+        raise ConversionError(f"{path}: {PARAMS_DIR}/ (the Orbax parameter checkpoint) is missing")
+    return VideoXLConfig.from_json(os.path.join(path, CONFIG_NAME))
+
+
+def _abstract_pure(cfg: VideoXLConfig, dtype=None):
+    import jax
+    from flax import nnx
+
+    from vxl_jax.model.videoxl import abstract_model
+
+    graphdef, state = nnx.split(abstract_model(cfg))
+    pure = nnx.to_pure_dict(state)
+    if dtype is not None:
+        pure = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), pure)
+    return graphdef, state, pure
+
+
+def save_converted(path, model, tokenizer=None, generation_config: dict | None = None) -> None:
+    """Write an in-memory ``VideoXLModel`` as a converted folder (``path`` must not exist)."""
+    import jax
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and os.listdir(path):
+        raise ConversionError(f"destination {path} already exists and is not empty")
+    os.makedirs(path, exist_ok=True)
+    _, state = nnx.split(model)
+    pure = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(path, PARAMS_DIR), pure)
+    ckptr.wait_until_finished()
+    model.cfg.to_json(os.path.join(path, CONFIG_NAME))
+    if generation_config is not None:
+        with open(os.path.join(path, "generation_config.json"), "w") as f:
+            json.dump(generation_config, f, indent=2)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+
+
+def load_converted(path, dtype: str = "float32"):
+    """-> (cfg, VideoXLModel, tokenizer or None, generation_config dict) from a converted folder.
+
+    Parameters are restored by Orbax into ``abstract_model(cfg)`` shapes and cast to ``dtype``
+    (``float32`` | ``bfloat16`` | ``float16``); cfg.runtime param/compute dtypes are set to it.
+    """
+    import jax
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from vxl_jax.model.layers import DTYPES
+
+    path = os.path.abspath(os.fspath(path))
+    cfg = check_converted_folder(path)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    cfg = cfg.with_runtime(param_dtype=dtype, compute_dtype=dtype)
+    graphdef, state, abstract = _abstract_pure(cfg, DTYPES[dtype])
+    try:
+        restored = ocp.StandardCheckpointer().restore(os.path.join(path, PARAMS_DIR), abstract)
+    except Exception as e:  # noqa: BLE001 - orbax raises many types for a bad tree
+        raise ConversionError(f"{path}/{PARAMS_DIR}: cannot restore the parameters for this config ({e})") from e
+    restored = jax.tree.map(lambda a, s: jnp.asarray(a, dtype=s.dtype), restored, abstract)
+    nnx.replace_by_pure_dict(state, restored)
+    model = nnx.merge(graphdef, state)
+
+    tokenizer = None
+    if any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_MARKERS):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    gen = {}
+    gp = os.path.join(path, "generation_config.json")
+    if os.path.isfile(gp):
+        with open(gp) as f:
+            gen = json.load(f)
+    return cfg, model, tokenizer, gen
+
+
+def read_params(path, cfg: VideoXLConfig):
+    """-> ``get(param_path, layer) -> np.ndarray``: one parameter (or one layer of it) at a time.
+
+    Reads zarr leaves directly when the folder was written by the converter; otherwise restores
+    the whole tree once with Orbax.
+    """
+    from vxl_jax.convert import names as N
+    from vxl_jax.convert import zarr_out
+
+    root = os.path.join(os.fspath(path), PARAMS_DIR)
+    shapes = N.param_shapes(cfg)
+    leaves = {p: zarr_out.open_leaf(root, p) for p in shapes}
+    if all(v is not None for v in leaves.values()):
+        def get(p, layer):
+            arr = leaves[p] if layer is None else leaves[p][layer]
+            return np.asarray(arr.read().result())
+        return get
+    import orbax.checkpoint as ocp
+
+    _, _, abstract = _abstract_pure(cfg)
+    flat = N.flatten(ocp.StandardCheckpointer().restore(root, abstract))
+
+    def get_all(p, layer):
+        a = np.asarray(flat[p])
+        return a if layer is None else a[layer]
+    return get_all
