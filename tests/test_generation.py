@@ -1,0 +1,124 @@
+"""Generation: cached decoding equals recomputation, saved memories, HF-equivalent logits processors."""
+
+import numpy as np
+import pytest
+import torch
+from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                                    TopKLogitsWarper, TopPLogitsWarper)
+
+from vxl_jax.api import VideoXL
+from vxl_jax.model import random_model
+from vxl_jax.sampling import SamplingParams, apply_repetition_penalty, choose, warp
+
+
+@pytest.fixture(scope="module")
+def vx(tiny_cfg):
+    return VideoXL(tiny_cfg, random_model(tiny_cfg, seed=11, std=0.2))
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    rng = np.random.default_rng(0)
+    ids = np.concatenate([rng.integers(3, 500, 6), [-200], rng.integers(3, 500, 5)])
+    pixels = rng.normal(size=(3, 3, 336, 336)).astype(np.float32)
+    return ids, pixels
+
+
+def test_cached_decoding_equals_recompute(vx, prompt):
+    """Each decoding step's logits equal a from-scratch prefill of the prompt plus the tokens so far."""
+    ids, pixels = prompt
+    new, step_logits = vx.generate(ids, pixels, ratio=4, max_new_tokens=5, do_sample=False, stop_ids=[],
+                                   return_logits=True)
+    assert len(new) == 5
+    for i in range(5):
+        fresh = vx.prefill(np.concatenate([ids, new[:i]]), pixels, ratio=4).logits[-1]
+        np.testing.assert_allclose(step_logits[i], fresh, atol=1e-5, rtol=0)
+        assert new[i] == int(np.argmax(fresh))
+    # the memory holds prefix + beacons + suffix + all but the last generated token
+    assert vx.stats["kept_kv"] == 6 + 3 * 144 // 4 + 5 + 4
+
+
+def test_saved_memory_answers_like_a_fresh_encode(vx, prompt, tmp_path):
+    ids, pixels = prompt
+    res = vx.prefill(ids, pixels, ratio=8)
+    path = tmp_path / "video.mem"
+    vx.save_memory(path, res.video_memory)
+    mem = vx.load_memory(path)
+    assert int(mem.length[0]) == 6 + 3 * 144 // 8 and int(mem.n_beacons[0]) == 54
+    question = ids[7:]
+    fresh = vx.generate(ids, pixels, ratio=8, max_new_tokens=4, stop_ids=[])
+    reloaded = vx.generate(question, None, memory=mem, max_new_tokens=4, stop_ids=[])
+    np.testing.assert_array_equal(fresh, reloaded)
+    # a second, different question reuses the same memory without re-encoding
+    other = vx.generate(np.array([9, 10, 11]), None, memory=mem, max_new_tokens=3, stop_ids=[])
+    assert other.shape == (3,) and vx.stats["frames"] == 0
+
+
+def test_memory_from_another_model_is_refused(vx, prompt, tmp_path, tiny_cfg):
+    import dataclasses
+
+    ids, pixels = prompt
+    path = tmp_path / "m.mem"
+    vx.save_memory(path, vx.prefill(ids, pixels, ratio=8).video_memory)
+    other_cfg = tiny_cfg.replace(lm=dataclasses.replace(tiny_cfg.lm, num_layers=3))
+    with pytest.raises(ValueError, match="geometry"):
+        VideoXL(other_cfg, random_model(other_cfg)).load_memory(path)
+
+
+def test_stops_at_eos(vx, prompt):
+    ids, pixels = prompt
+    first = vx.generate(ids, pixels, ratio=8, max_new_tokens=3, stop_ids=[])
+    stopped = vx.generate(ids, pixels, ratio=8, max_new_tokens=3, stop_ids=[int(first[0])])
+    np.testing.assert_array_equal(stopped, first[:1])
+
+
+def test_text_only_generation(vx):
+    ids = np.array([5, 9, 44, 100, 7])
+    new, logits = vx.generate(ids, None, max_new_tokens=3, stop_ids=[], return_logits=True)
+    np.testing.assert_allclose(logits[0], vx.prefill(ids).logits[-1], atol=1e-6)
+
+
+def test_bad_prompts(vx, prompt):
+    _, pixels = prompt
+    with pytest.raises(ValueError, match="2 video placeholders"):
+        vx.prefill(np.array([1, -200, 2, -200]), pixels)
+    with pytest.raises(ValueError, match="no pixel_values"):
+        vx.prefill(np.array([1, -200, 2]), None)
+    with pytest.raises(ValueError, match="no -200"):
+        vx.prefill(np.array([1, 2]), pixels)
+    with pytest.raises(ValueError, match="pixel_values must be"):
+        vx.prefill(np.array([1, -200, 2]), np.zeros((2, 3, 224, 224), np.float32))
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 20, 0.8), (1.3, 0, 0.5), (1.0, 5, 1.0)])
+def test_warpers_match_transformers(temperature, top_k, top_p):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=300).astype(np.float32) * 3
+    ours = warp(logits, SamplingParams(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p))
+    t = torch.tensor(logits)[None]
+    t = TemperatureLogitsWarper(temperature)(None, t)
+    if top_k:
+        t = TopKLogitsWarper(top_k)(None, t)
+    if top_p < 1:
+        t = TopPLogitsWarper(top_p)(None, t)
+    ref = t[0].numpy()
+    np.testing.assert_array_equal(np.isinf(ours), np.isinf(ref))
+    np.testing.assert_allclose(ours[~np.isinf(ours)], ref[~np.isinf(ref)], rtol=1e-6)
+
+
+def test_repetition_penalty_matches_transformers():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=50).astype(np.float32)
+    seen = np.array([3, 7, 7, 49, 0])
+    ref = RepetitionPenaltyLogitsProcessor(1.05)(torch.tensor(seen)[None], torch.tensor(logits)[None])[0].numpy()
+    np.testing.assert_allclose(apply_repetition_penalty(logits, seen, 1.05), ref, rtol=1e-7)
+    assert choose(logits, seen, SamplingParams(repetition_penalty=1.05), np.random.default_rng(0)) == int(ref.argmax())
+
+
+def test_sampling_is_seeded_and_respects_top_k():
+    logits = np.linspace(0, 5, 100).astype(np.float32)
+    p = SamplingParams(do_sample=True, temperature=1.0, top_k=3)
+    draws = [choose(logits, np.array([], np.int64), p, np.random.default_rng(s)) for s in range(40)]
+    assert set(draws) <= {97, 98, 99} and len(set(draws)) > 1
+    again = [choose(logits, np.array([], np.int64), p, np.random.default_rng(s)) for s in range(40)]
+    assert draws == again
