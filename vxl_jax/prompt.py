@@ -1,0 +1,77 @@
+"""Qwen ChatML prompt with one ``<image>`` video placeholder, and its token ids (spec 1.6 and 6.3).
+
+    prompt = chat_prompt("What happens?")
+    ids = tokenizer_image_token(prompt, tokenizer)     # int32 [S], one -200 where the video goes
+    tail = suffix_ids("What happens?", tokenizer)      # the ids after the -200 (to reuse a saved memory)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IMAGE_PLACEHOLDER = "<image>"
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+def _image_token_index() -> int:
+    from vxl_jax.api import IMAGE_TOKEN_INDEX
+
+    return IMAGE_TOKEN_INDEX
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be tokenized for the model (e.g. more than one ``<image>`` placeholder)."""
+
+
+def _check_question(question: str) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise PromptError("the question is empty")
+    if IMAGE_PLACEHOLDER in question:
+        raise PromptError(f"the question contains the video placeholder {IMAGE_PLACEHOLDER!r}; the prompt would have "
+                          f"two placeholders but exactly one video is supported")
+    return question
+
+
+def chat_prompt(question: str, system: str = DEFAULT_SYSTEM, with_video: bool = True) -> str:
+    """``<|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n<image>\\n{question}<|im_end|>\\n``
+    ``<|im_start|>assistant\\n`` (without ``<image>\\n`` when ``with_video`` is False)."""
+    video = f"{IMAGE_PLACEHOLDER}\n" if with_video else ""
+    return (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{video}{question}<|im_end|>\n"
+            f"<|im_start|>assistant\n")
+
+
+def _encode(text: str, tokenizer) -> list[int]:
+    if not text:
+        return []
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int | None = None) -> np.ndarray:
+    """Split on ``<image>``, tokenize each chunk on its own (no special-token additions), join with -200.
+
+    Returns int32 [S]. Raises ``PromptError`` for more than one placeholder.
+    """
+    index = _image_token_index() if image_token_index is None else image_token_index
+    chunks = prompt.split(IMAGE_PLACEHOLDER)
+    if len(chunks) > 2:
+        raise PromptError(f"the prompt has {len(chunks) - 1} {IMAGE_PLACEHOLDER} placeholders; exactly one video "
+                          f"placeholder (or none, for text only) is supported")
+    ids = _encode(chunks[0], tokenizer)
+    if len(chunks) == 2:
+        ids = ids + [index] + _encode(chunks[1], tokenizer)
+    return np.asarray(ids, np.int32)
+
+
+def suffix_text(question: str) -> str:
+    """The prompt text after the video placeholder: ``\\n{question}<|im_end|>\\n<|im_start|>assistant\\n``."""
+    return chat_prompt(_check_question(question)).split(IMAGE_PLACEHOLDER, 1)[1]
+
+
+def suffix_ids(question: str, tokenizer) -> np.ndarray:
+    """int32 ids of ``suffix_text(question)``: the question asked of a saved video memory."""
+    return np.asarray(_encode(suffix_text(question), tokenizer), np.int32)
+
+
+def question_ids(question: str, tokenizer, system: str = DEFAULT_SYSTEM) -> np.ndarray:
+    """Full prompt ids for a question about one video (checks the question first)."""
+    return tokenizer_image_token(chat_prompt(_check_question(question), system), tokenizer)

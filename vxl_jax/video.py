@@ -1,0 +1,213 @@
+"""Video input: uniform frame sampling with decord (spec section 5) and a synthetic sample video (PyAV).
+
+    frames, info = load_video("clip.mp4", num_frames=128)   # uint8 [F, H, W, 3] RGB
+
+Frame indices are ``np.linspace(0, total - 1, F, dtype=int)``: uniform, both ends included, truncated
+(as the original demo / eval code). Bad input raises ``VideoError`` (a ``ValueError``) with one
+readable line naming the problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+
+import numpy as np
+
+
+class VideoError(ValueError):
+    """A video that cannot be used: missing, unreadable, no video stream, or no frames."""
+
+
+def sample_indices(total: int, num_frames: int) -> np.ndarray:
+    """Indices of ``num_frames`` frames spread uniformly over ``total`` (endpoints included, truncated).
+
+    Asking for more frames than there are returns every frame once (``arange(total)``).
+    """
+    if total <= 0:
+        raise VideoError(f"the video has no frames (total={total})")
+    if num_frames <= 0:
+        raise VideoError(f"number of frames must be >= 1, got {num_frames}")
+    if num_frames >= total:
+        return np.arange(total, dtype=np.int64)
+    return np.linspace(0, total - 1, num_frames, dtype=int)
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Silence C-level stderr (decord / ffmpeg log lines) and collect it: yields a callable -> text."""
+    try:
+        fd = 2
+        saved = os.dup(fd)
+    except OSError:  # pragma: no cover - no usable fd 2
+        yield lambda: ""
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        try:
+            os.dup2(tmp.fileno(), fd)
+            yield lambda: (tmp.seek(0), tmp.read().decode("utf-8", "replace"))[1]
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def _diagnose(path: str) -> str:
+    """Why a file decord could not open is unusable, in a few words (PyAV probe)."""
+    import av
+
+    try:
+        with av.open(path) as c:
+            if not c.streams.video:
+                return "it has no video stream"
+            for _ in c.decode(video=0):
+                return "the decoder (decord) could not read it"
+            return "it has zero frames"
+    except av.error.FFmpegError as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        return f"not a readable video ({reason})"
+    except Exception as e:  # pragma: no cover - unexpected PyAV failure
+        return f"not a readable video ({type(e).__name__}: {e})"
+
+
+def open_video(path):
+    """decord ``VideoReader(path, ctx=cpu(0))`` with clear ``VideoError`` messages."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise VideoError(f"video file not found: {path}")
+    if not os.path.isfile(path):
+        raise VideoError(f"video path is not a file: {path}")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"cannot read video {path}: the file is empty")
+    from decord import VideoReader, cpu
+
+    try:
+        with _captured_stderr():
+            vr = VideoReader(path, ctx=cpu(0), num_threads=1)
+    except Exception:
+        raise VideoError(f"cannot read video {path}: {_diagnose(path)}") from None
+    if len(vr) == 0:
+        raise VideoError(f"cannot use video {path}: it has zero frames")
+    return vr
+
+
+def load_video(path, num_frames: int) -> tuple[np.ndarray, dict]:
+    """Decode ``num_frames`` uniformly spaced frames -> (uint8 [F, H, W, 3] RGB, info).
+
+    info: path, total_frames, fps, duration_s, indices (list), num_frames (F actually returned),
+    requested, clipped (True when fewer frames than requested exist: every frame is used and a
+    warning is issued).
+    """
+    if int(num_frames) != num_frames or num_frames < 1:
+        raise VideoError(f"number of frames must be a positive integer, got {num_frames!r}")
+    num_frames = int(num_frames)
+    vr = open_video(path)
+    total = len(vr)
+    idx = sample_indices(total, num_frames)
+    clipped = num_frames > total
+    if clipped:
+        warnings.warn(f"{num_frames} frames requested but {path} has only {total}: using all {total} frames",
+                      stacklevel=2)
+    try:
+        with _captured_stderr():
+            frames = vr.get_batch(idx).asnumpy()
+    except Exception as e:
+        raise VideoError(f"cannot decode frames of {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise VideoError(f"decoded frames of {path} have unexpected layout {frames.dtype} {frames.shape}")
+    fps = float(vr.get_avg_fps() or 0.0)
+    info = {
+        "path": os.fspath(path), "total_frames": total, "fps": fps,
+        "duration_s": total / fps if fps > 0 else None, "indices": idx.tolist(),
+        "num_frames": int(frames.shape[0]), "requested": num_frames, "clipped": clipped,
+        "height": int(frames.shape[1]), "width": int(frames.shape[2]),
+    }
+    return frames, info
+
+
+# ---------------------------------------------------------------------------- synthetic sample video
+
+COUNTER_BITS = 12
+
+
+def draw_counter(frame: np.ndarray, index: int, bits: int = COUNTER_BITS) -> None:
+    """Write ``index`` in place as ``bits`` black/white blocks (MSB first) across the top band of a frame."""
+    h, w = frame.shape[:2]
+    bw, bh = w // bits, max(8, h // 10)
+    for b in range(bits):
+        on = (index >> (bits - 1 - b)) & 1
+        frame[:bh, b * bw:(b + 1) * bw] = 255 if on else 0
+
+
+def read_counter(frame: np.ndarray, bits: int = COUNTER_BITS) -> int:
+    """Inverse of ``draw_counter`` on a decoded (lossy) frame: mean of each block's interior > 128."""
+    h, w = frame.shape[:2]
+    bw, bh = w // bits, max(8, h // 10)
+    value = 0
+    for b in range(bits):
+        block = frame[bh // 4: bh - bh // 4, b * bw + bw // 4: (b + 1) * bw - bw // 4]
+        value = (value << 1) | int(block.mean() > 128)
+    return value
+
+
+def sample_frame(index: int, num_frames: int, size: tuple[int, int] = (320, 240)) -> np.ndarray:
+    """One synthetic RGB frame [H, W, 3] uint8: gradient background, a red square moving right,
+    a blue disc moving down, a green bar whose length grows with time, and the frame counter on top."""
+    w, h = size
+    t = index / max(1, num_frames - 1)
+    yy, xx = np.mgrid[0:h, 0:w]
+    frame = np.empty((h, w, 3), np.uint8)
+    frame[..., 0] = (60 + 80 * xx / max(1, w - 1)).astype(np.uint8)
+    frame[..., 1] = (60 + 80 * yy / max(1, h - 1)).astype(np.uint8)
+    frame[..., 2] = np.uint8(90)
+    band = max(8, h // 10)
+    s = max(4, h // 6)
+    x0 = int(t * (w - s))
+    y0 = band + (h - band - s) // 3
+    frame[y0:y0 + s, x0:x0 + s] = (230, 40, 40)
+    r = max(3, h // 10)
+    cx, cy = w - w // 4, band + r + int(t * (h - band - 2 * r - 1))
+    frame[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = (40, 60, 230)
+    frame[h - max(4, h // 16):, : max(1, int(t * w))] = (40, 220, 60)
+    draw_counter(frame, index)
+    return frame
+
+
+def write_sample_video(path, num_frames: int = 120, size: tuple[int, int] = (320, 240), fps: int = 24,
+                       codec: str | None = None) -> str:
+    """Write a synthetic video (moving shapes + frame counter, see ``sample_frame``) with PyAV.
+
+    size is (width, height), both even. codec: "libx264" (default when available) or "mpeg4".
+    Returns the path.
+    """
+    import av
+
+    w, h = int(size[0]), int(size[1])
+    if w % 2 or h % 2 or w < 2 * COUNTER_BITS or h < 16:
+        raise ValueError(f"sample video size must be even and at least {2 * COUNTER_BITS}x16, got {w}x{h}")
+    if num_frames < 1 or num_frames >= 2 ** COUNTER_BITS:
+        raise ValueError(f"num_frames must be in [1, {2 ** COUNTER_BITS - 1}], got {num_frames}")
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    codecs = [codec] if codec else ["libx264", "mpeg4"]
+    last_error = None
+    for name in codecs:
+        try:
+            with av.open(path, "w") as container:
+                stream = container.add_stream(name, rate=fps)
+                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+                if name == "libx264":
+                    stream.options = {"crf": "18", "preset": "veryfast"}
+                else:
+                    stream.bit_rate = 4_000_000
+                for i in range(num_frames):
+                    frame = av.VideoFrame.from_ndarray(sample_frame(i, num_frames, (w, h)), format="rgb24")
+                    for packet in stream.encode(frame):
+                        container.mux(packet)
+                for packet in stream.encode():
+                    container.mux(packet)
+            return path
+        except (av.error.FFmpegError, ValueError) as e:  # encoder missing: try the next one
+            last_error = e
+    raise RuntimeError(f"could not write a sample video with codecs {codecs}: {last_error}")
