@@ -223,36 +223,6 @@ def is_beacon(entry: Entry) -> bool:
     return entry.path in BEACON_PATHS
 
 
-def pure_from_torch(cfg, tensors: dict[str, np.ndarray], dtype=np.float32) -> dict:
-    """Nested pure dict of our parameters from an in-memory torch-named state dict (tests, small models).
-
-    Strict: every tensor used once, every parameter filled (names may carry any vision prefix).
-    """
-    table = build_table(cfg)
-    canon = {}
-    for n, t in tensors.items():
-        c = canonical_name(n)
-        if c in canon:
-            raise KeyError(f"{n!r} and another tensor both map to {c!r}")
-        canon[c] = np.asarray(t)
-    unknown = sorted(set(canon) - set(table))
-    missing = sorted(set(table) - set(canon))
-    if unknown or missing:
-        raise KeyError(f"unknown tensors {unknown}; missing tensors {missing}")
-    shapes = param_shapes(cfg)
-    flat = {p: np.zeros(s, dtype) for p, (s, _) in shapes.items()}
-    for name, e in table.items():
-        t = canon[name]
-        if tuple(t.shape) != e.torch_shape:
-            raise ValueError(f"{name}: shape {tuple(t.shape)}, expected {e.torch_shape}")
-        v = to_ours(e.kind, t, e.ours_shape)
-        if e.layer is None:
-            flat[e.path][...] = v
-        else:
-            flat[e.path][e.layer] = v
-    return nest(flat)
-
-
 def torch_from_pure(cfg, pure: dict) -> dict[str, np.ndarray]:
     """Inverse of :func:`pure_from_torch`: released torch names -> numpy arrays (contiguous)."""
     table = build_table(cfg)
@@ -285,15 +255,38 @@ def flatten(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], o
     return out
 
 
-def load_into_model(model, pure: dict):
-    """Return a copy of NNX ``model`` with parameters replaced by the nested ``pure`` dict."""
+def load_torch_into(model, tensors: dict, strict: bool = True):
+    """Copy of ``model`` (a VideoXLModel) with the given torch-named tensors copied in.
+
+    ``tensors``: name -> array (numpy or torch), any vision prefix. Every name must be known and
+    well shaped; with ``strict`` every parameter must be given, else only those given are replaced.
+    """
     import jax.numpy as jnp
     from flax import nnx
 
+    cfg = model.cfg
+    table = build_table(cfg)
+    canon = {}
+    for n, t in tensors.items():
+        t = t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+        c = canonical_name(n)
+        if c not in table:
+            raise KeyError(f"unknown tensor {n!r}")
+        if c in canon:
+            raise KeyError(f"{n!r} duplicates another tensor ({c!r})")
+        if tuple(t.shape) != table[c].torch_shape:
+            raise ValueError(f"{n}: shape {tuple(t.shape)}, expected {table[c].torch_shape}")
+        canon[c] = t
+    if strict and set(canon) != set(table):
+        raise KeyError(f"missing tensors: {sorted(set(table) - set(canon))}")
     graphdef, state = nnx.split(model)
-    cur = flatten(nnx.to_pure_dict(state))
-    new = flatten(pure)
-    assert set(cur) == set(new), set(cur) ^ set(new)
-    nnx.replace_by_pure_dict(state, nest({p: jnp.asarray(new[p], dtype=cur[p].dtype) for p in cur}))
+    flat = {p: np.array(v) for p, v in flatten(nnx.to_pure_dict(state)).items()}
+    for c, t in canon.items():
+        e = table[c]
+        v = to_ours(e.kind, t, e.ours_shape)
+        if e.layer is None:
+            flat[e.path][...] = v
+        else:
+            flat[e.path][e.layer] = v
+    nnx.replace_by_pure_dict(state, nest({p: jnp.asarray(v) for p, v in flat.items()}))
     return nnx.merge(graphdef, state)
-
