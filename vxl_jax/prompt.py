@@ -23,7 +23,8 @@ class PromptError(ValueError):
     """A prompt that cannot be tokenized for the model (e.g. more than one ``<image>`` placeholder)."""
 
 
-def _check_question(question: str) -> str:
+def check_question(question: str) -> str:
+    """The question unchanged, or ``PromptError`` if it is empty or contains ``<image>``."""
     if not isinstance(question, str) or not question.strip():
         raise PromptError("the question is empty")
     if IMAGE_PLACEHOLDER in question:
@@ -46,16 +47,23 @@ def _encode(text: str, tokenizer) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def check_prompt(prompt: str) -> str:
+    """The prompt unchanged, or ``PromptError`` if it has more than one ``<image>`` placeholder."""
+    n = prompt.count(IMAGE_PLACEHOLDER)
+    if n > 1:
+        raise PromptError(f"the prompt has {n} {IMAGE_PLACEHOLDER} placeholders; exactly one video placeholder "
+                          f"(or none, for text only) is supported")
+    return prompt
+
+
 def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int | None = None) -> np.ndarray:
     """Split on ``<image>``, tokenize each chunk on its own (no special-token additions), join with -200.
 
     Returns int32 [S]. Raises ``PromptError`` for more than one placeholder.
     """
     index = _image_token_index() if image_token_index is None else image_token_index
+    check_prompt(prompt)
     chunks = prompt.split(IMAGE_PLACEHOLDER)
-    if len(chunks) > 2:
-        raise PromptError(f"the prompt has {len(chunks) - 1} {IMAGE_PLACEHOLDER} placeholders; exactly one video "
-                          f"placeholder (or none, for text only) is supported")
     ids = _encode(chunks[0], tokenizer)
     if len(chunks) == 2:
         ids = ids + [index] + _encode(chunks[1], tokenizer)
@@ -64,7 +72,7 @@ def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int | None 
 
 def suffix_text(question: str) -> str:
     """The prompt text after the video placeholder: ``\\n{question}<|im_end|>\\n<|im_start|>assistant\\n``."""
-    return chat_prompt(_check_question(question)).split(IMAGE_PLACEHOLDER, 1)[1]
+    return chat_prompt(check_question(question)).split(IMAGE_PLACEHOLDER, 1)[1]
 
 
 def suffix_ids(question: str, tokenizer) -> np.ndarray:
@@ -74,4 +82,4 @@ def suffix_ids(question: str, tokenizer) -> np.ndarray:
 
 def question_ids(question: str, tokenizer, system: str = DEFAULT_SYSTEM) -> np.ndarray:
     """Full prompt ids for a question about one video (checks the question first)."""
-    return tokenizer_image_token(chat_prompt(_check_question(question), system), tokenizer)
+    return tokenizer_image_token(chat_prompt(check_question(question), system), tokenizer)
