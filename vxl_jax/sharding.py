@@ -1,0 +1,388 @@
+"""Sharding by logical axis names (MaxText style) over the mesh ``("data", "fsdp", "tensor")``.
+
+Every parameter carries a tuple of logical axis names in its ``out_sharding`` metadata (see
+:mod:`vxl_jax.model.layers`), e.g. ``('layers', 'embed', 'heads', 'head_dim')`` for a q kernel
+``[L, D, H, Dh]``. A *rules table* maps each logical name to candidate mesh axes; the mapping
+into a :class:`~jax.sharding.PartitionSpec` is resolved per array, left to right:
+
+* a mesh axis is used for a dim only if its size divides what is left of that dim (otherwise the
+  dim falls back to fewer axes, or replication: Qwen2-7B has 4 KV heads, so ``kv_heads`` on a
+  ``tensor`` axis of 8 is replicated);
+* one mesh axis is never used twice in one spec (the first dim that claims it wins);
+* mesh axes of size 1 are left out, so specs show only real sharding.
+
+Presets (:data:`PRESETS`):
+
+``fsdp``       training on TPU/GPU pods. Weights: ``embed``/``vis_embed`` over ``fsdp`` (each layer's
+               weights are all-gathered just in time), heads/mlp/vocab over ``tensor`` (a no-op
+               with ``tensor=1``, i.e. pure FSDP). Activations: batch over ``(data, fsdp)``, nothing
+               else sharded.
+``fsdp_tp``    same weight placement, plus tensor-parallel *activations* (heads, mlp, vocab and the
+               KV cache's heads over ``tensor``): for meshes with ``tensor > 1``.
+``inference``  pure tensor parallelism: no dim of a weight is gathered at run time. heads/mlp/vocab
+               over ``(tensor, fsdp)`` (both non-data axes act as model parallel), ``embed``
+               replicated, ``kv_heads`` over ``tensor`` only; batch over ``data``.
+
+Entry points: :func:`make_mesh`, :func:`logical_to_spec`, :func:`param_shardings`,
+:func:`shard_model`, :func:`batch_sharding`, :func:`memory_shardings`,
+:func:`maybe_initialize_distributed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from vxl_jax.config import MeshConfig
+
+log = logging.getLogger(__name__)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical names used by parameters (vxl_jax/model/*.py).
+PARAM_AXES = ("layers", "embed", "embed_in", "heads", "kv_heads", "head_dim", "mlp", "vocab", "norm",
+              "vis_embed", "vis_heads", "vis_mlp")
+# Logical names for activations / runtime state (inputs, KV memory, logits).
+ACTIVATION_AXES = ("batch", "frames", "length", "act_embed", "act_heads", "act_kv_heads", "act_mlp", "act_vocab",
+                   "cache_layers", "cache_batch", "cache_slots", "cache_kv_heads")
+
+Rules = tuple  # tuple of (logical name, None | mesh axis | tuple of mesh axes); repeated names = fallbacks
+
+_COMMON_REPLICATED = (
+    ("layers", None), ("head_dim", None), ("norm", None),
+    ("length", None), ("act_embed", None), ("cache_layers", None), ("cache_slots", None),
+)
+
+FSDP_RULES: Rules = _COMMON_REPLICATED + (
+    # weights
+    ("embed", "fsdp"), ("vis_embed", "fsdp"),
+    ("embed_in", "tensor"),
+    ("heads", "tensor"), ("kv_heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"),
+    ("vis_heads", "tensor"), ("vis_mlp", "tensor"),
+    # activations
+    ("batch", ("data", "fsdp")), ("frames", ("data", "fsdp")), ("cache_batch", ("data", "fsdp")),
+    ("act_heads", None), ("act_kv_heads", None), ("act_mlp", None), ("act_vocab", None),
+    ("cache_kv_heads", None),
+)
+
+FSDP_TP_RULES: Rules = _COMMON_REPLICATED + (
+    ("embed", "fsdp"), ("vis_embed", "fsdp"),
+    ("embed_in", "tensor"),
+    ("heads", "tensor"), ("kv_heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"),
+    ("vis_heads", "tensor"), ("vis_mlp", "tensor"),
+    ("batch", ("data", "fsdp")), ("frames", ("data", "fsdp")), ("cache_batch", ("data", "fsdp")),
+    ("act_heads", "tensor"), ("act_kv_heads", "tensor"), ("act_mlp", "tensor"), ("act_vocab", "tensor"),
+    ("cache_kv_heads", "tensor"),
+)
+
+INFERENCE_RULES: Rules = _COMMON_REPLICATED + (
+    ("embed", None), ("vis_embed", None),
+    ("embed_in", ("tensor", "fsdp")),
+    ("heads", ("tensor", "fsdp")), ("kv_heads", "tensor"), ("mlp", ("tensor", "fsdp")),
+    ("vocab", ("tensor", "fsdp")),
+    ("vis_heads", ("tensor", "fsdp")), ("vis_mlp", ("tensor", "fsdp")),
+    ("batch", "data"), ("frames", ("data", "fsdp")), ("cache_batch", "data"),
+    ("act_heads", ("tensor", "fsdp")), ("act_kv_heads", "tensor"), ("act_mlp", ("tensor", "fsdp")),
+    ("act_vocab", ("tensor", "fsdp")), ("cache_kv_heads", "tensor"),
+)
+
+PRESETS: dict[str, Rules] = {"fsdp": FSDP_RULES, "fsdp_tp": FSDP_TP_RULES, "inference": INFERENCE_RULES}
+
+
+# --------------------------------------------------------------------------------------------
+# Rules and specs
+
+
+class RuleTable(dict):
+    """Normalised rules: ``{logical name: [candidate tuple of mesh axes, ...]}``."""
+
+
+def get_rules(rules: str | Rules | Mapping | None) -> RuleTable:
+    """Normalise a preset name, a pair list or a dict into ``{logical: [candidate mesh-axis tuples]}``.
+
+    A candidate ``()`` means "replicated". Repeated names in a pair list are tried in order.
+    """
+    if isinstance(rules, RuleTable):
+        return rules
+    if rules is None:
+        rules = "fsdp"
+    if isinstance(rules, str):
+        if rules not in PRESETS:
+            raise ValueError(f"unknown sharding preset {rules!r}; known: {sorted(PRESETS)}")
+        rules = PRESETS[rules]
+    pairs = rules.items() if isinstance(rules, Mapping) else rules
+    out = RuleTable()
+    for name, target in pairs:
+        if target is None:
+            cand: tuple[str, ...] = ()
+        elif isinstance(target, str):
+            cand = (target,)
+        else:
+            cand = tuple(target)
+        for ax in cand:
+            if ax not in MESH_AXES:
+                raise ValueError(f"sharding rule {name!r} -> {target!r}: unknown mesh axis {ax!r}; mesh axes are {MESH_AXES}")
+        out.setdefault(name, []).append(cand)
+    return out
+
+
+def logical_to_spec(axes: Sequence[str | None] | None, shape: Sequence[int], rules, mesh: Mesh) -> PartitionSpec:
+    """Map logical ``axes`` (one name or None per dim of ``shape``) to a PartitionSpec on ``mesh``.
+
+    Per dim, the first rule candidate that shards it at all is used; within a candidate, each mesh
+    axis is kept only if unused so far in this spec, of size > 1 and dividing the remaining dim.
+    ``axes=None`` (no metadata) gives a fully replicated spec.
+    """
+    table = get_rules(rules)
+    if axes is None:
+        return PartitionSpec()
+    if len(axes) != len(shape):
+        raise ValueError(f"logical axes {tuple(axes)} do not match shape {tuple(shape)}")
+    sizes = dict(mesh.shape)
+    used: set[str] = set()
+    entries: list[Any] = []
+    for name, dim in zip(axes, shape):
+        if name is None:
+            entries.append(None)
+            continue
+        if name not in table:
+            raise ValueError(f"logical axis {name!r} has no sharding rule; add it to the rules table "
+                             f"(known: {sorted(table)})")
+        chosen: tuple[str, ...] = ()
+        for cand in table[name]:
+            picked, prod = [], 1
+            for ax in cand:
+                if ax not in sizes:
+                    raise ValueError(f"mesh has no axis {ax!r} (axes: {tuple(sizes)})")
+                n = sizes[ax]
+                if ax in used or n == 1 or dim % (prod * n):
+                    continue
+                picked.append(ax)
+                prod *= n
+            if picked:
+                chosen = tuple(picked)
+                break
+        used.update(chosen)
+        entries.append(None if not chosen else chosen[0] if len(chosen) == 1 else chosen)
+    while entries and entries[-1] is None:
+        entries.pop()
+    return PartitionSpec(*entries)
+
+
+def _axes_of(var) -> tuple | None:
+    meta = var.get_metadata() if hasattr(var, "get_metadata") else {}
+    axes = meta.get("out_sharding", None)
+    if axes is None:
+        axes = meta.get("sharding_names", None)
+    return None if axes is None else tuple(axes)
+
+
+def _is_var(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _state_of(state_or_model):
+    if isinstance(state_or_model, nnx.Module):
+        return nnx.state(state_or_model)
+    return state_or_model
+
+
+def param_specs(state_or_model, mesh: Mesh, rules=None):
+    """Same tree as ``nnx.split(model)[1]`` (or the given State) with each Variable's value a PartitionSpec."""
+    table = get_rules(rules)
+    state = _state_of(state_or_model)
+
+    def spec(var):
+        return var.replace(logical_to_spec(_axes_of(var), var.shape, table, mesh))
+
+    return jax.tree.map(spec, state, is_leaf=_is_var)
+
+
+def param_shardings(state_or_model, mesh: Mesh, rules=None):
+    """Pytree of NamedSharding matching ``nnx.split(model)[1]`` (Variables whose value is the sharding).
+
+    Usable as ``jax.device_put`` target, ``jax.jit`` in/out_shardings, or for Orbax restore targets.
+    """
+    specs = param_specs(state_or_model, mesh, rules)
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def abstract_sharded_state(state_or_model, mesh: Mesh, rules=None):
+    """Abstract state (ShapeDtypeStruct leaves carrying their NamedSharding): an Orbax restore target."""
+    state = _state_of(state_or_model)
+    shardings = param_shardings(state, mesh, rules)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+def shard_state(state, mesh: Mesh, rules=None):
+    """``jax.device_put`` a concrete State onto ``mesh`` following the rules."""
+    return jax.device_put(state, param_shardings(state, mesh, rules))
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules=None) -> nnx.Module:
+    """Return a copy of ``model`` whose arrays are placed (sharded) on ``mesh`` per the rules."""
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, shard_state(state, mesh, rules))
+
+
+def spec_is_sharded(spec: PartitionSpec, mesh: Mesh) -> bool:
+    """True when ``spec`` splits at least one dim over a mesh axis of size > 1."""
+    sizes = dict(mesh.shape)
+    for e in spec:
+        for ax in (e if isinstance(e, tuple) else (e,)):
+            if ax is not None and sizes[ax] > 1:
+                return True
+    return False
+
+
+def bytes_per_device(shape: Sequence[int], dtype, spec: PartitionSpec, mesh: Mesh) -> int:
+    """Bytes of one device's shard of an array ``shape``/``dtype`` placed with ``spec``."""
+    sizes = dict(mesh.shape)
+    shard = list(shape)
+    for i, e in enumerate(spec):
+        for ax in (e if isinstance(e, tuple) else (e,)):
+            if ax is not None:
+                shard[i] //= sizes[ax]
+    return int(math.prod(shard)) * np.dtype(dtype).itemsize
+
+
+# --------------------------------------------------------------------------------------------
+# Activations and runtime state
+
+
+def logical_sharding(mesh: Mesh, axes: Sequence[str | None], shape: Sequence[int], rules=None) -> NamedSharding:
+    """NamedSharding of an activation of ``shape`` with logical ``axes``."""
+    return NamedSharding(mesh, logical_to_spec(axes, shape, rules, mesh))
+
+
+def batch_sharding(mesh: Mesh, shape: Sequence[int] | None = None, rules=None) -> NamedSharding:
+    """Inputs [B, ...] sharded over the batch dim (``(data, fsdp)`` in the fsdp presets).
+
+    With ``shape``, axes that do not divide B are dropped (fallback to replication); without it,
+    B must be divisible by the product of the batch mesh axes.
+    """
+    if shape is None:
+        cand = get_rules(rules)["batch"][0]
+        cand = tuple(a for a in cand if dict(mesh.shape)[a] > 1)
+        return NamedSharding(mesh, PartitionSpec(cand if cand else None))
+    return logical_sharding(mesh, ("batch",) + (None,) * (len(shape) - 1), shape, rules)
+
+
+MEMORY_AXES = ("cache_layers", "cache_batch", "cache_slots", "cache_kv_heads", "head_dim")
+
+
+def memory_shardings(mem, mesh: Mesh, rules=None):
+    """Shardings for a :class:`vxl_jax.memory.KVMemory`: k/v [L, B, M, KV, Dh], counters [B]."""
+    k = logical_sharding(mesh, MEMORY_AXES, mem.k.shape, rules)
+    v = logical_sharding(mesh, MEMORY_AXES, mem.v.shape, rules)
+    b = logical_sharding(mesh, ("cache_batch",), mem.length.shape, rules)
+    return mem.replace(k=k, v=v, length=b, n_prefix=b, n_beacons=b, n_text=b)
+
+
+# --------------------------------------------------------------------------------------------
+# Mesh and multi-host
+
+
+def make_mesh(mesh_cfg: MeshConfig | Sequence[int] | None = None, devices: Sequence | None = None) -> Mesh:
+    """A ``(data, fsdp, tensor)`` Mesh with Auto axis types over ``devices`` (default: all).
+
+    ``mesh_cfg`` may be a MeshConfig (-1 = remaining devices) or a 3-tuple of sizes. On TPU/GPU the
+    device order comes from ``mesh_utils.create_device_mesh`` (topology aware).
+    """
+    if mesh_cfg is None:
+        mesh_cfg = MeshConfig()
+    if not isinstance(mesh_cfg, MeshConfig):
+        mesh_cfg = MeshConfig(*mesh_cfg)
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_cfg.shape(len(devices))
+    if devices[0].platform == "cpu":
+        arr = np.array(devices, dtype=object).reshape(shape)
+    else:  # pragma: no cover - needs accelerators
+        from jax.experimental import mesh_utils
+
+        try:
+            arr = mesh_utils.create_device_mesh(shape, devices)
+        except Exception as e:  # noqa: BLE001 - odd topologies: fall back to plain order
+            log.warning("create_device_mesh(%s) failed (%s); using device order", shape, e)
+            arr = np.array(devices, dtype=object).reshape(shape)
+    return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _multi_process_env(env: Mapping[str, str]) -> str | None:
+    """Name of the launcher detected in ``env`` when it runs several processes, else None."""
+    def count(key):
+        try:
+            return int(env.get(key, "1"))
+        except ValueError:
+            return 1
+
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return "JAX_COORDINATOR_ADDRESS"
+    if "SLURM_JOB_ID" in env and count("SLURM_NTASKS") > 1:
+        return "slurm"
+    if count("OMPI_COMM_WORLD_SIZE") > 1:
+        return "openmpi"
+    if "," in env.get("TPU_WORKER_HOSTNAMES", "") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return "cloud_tpu"
+    return None
+
+
+def maybe_initialize_distributed(enable: bool | None = None, *, coordinator_address: str | None = None,
+                                 num_processes: int | None = None, process_id: int | None = None,
+                                 env: Mapping[str, str] | None = None) -> bool:
+    """Call ``jax.distributed.initialize()`` only for multi-process runs; returns whether it is initialised.
+
+    ``enable``: True forces it, False skips it, None (default) decides from the environment: an
+    explicit coordinator/num_processes argument, ``VXL_DISTRIBUTED=1|0``, ``JAX_COORDINATOR_ADDRESS``
+    (with ``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``), SLURM with >1 task, Open MPI with >1 rank, or a
+    multi-host Cloud TPU slice. A single-process run (tests, one GPU box) never initialises.
+    Call it before anything touches a JAX backend.
+    """
+    env = os.environ if env is None else env
+    if jax.distributed.is_initialized():
+        return True
+    flag = env.get("VXL_DISTRIBUTED")
+    if enable is None and flag is not None:
+        enable = flag.strip().lower() in ("1", "true", "yes")
+    if enable is False:
+        return False
+    explicit = coordinator_address is not None or num_processes is not None
+    reason = "forced" if enable else "arguments" if explicit else _multi_process_env(env)
+    if reason is None:
+        return False
+    kwargs: dict[str, Any] = {}
+    coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
+    if coordinator_address:
+        kwargs["coordinator_address"] = coordinator_address
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
+    if num_processes is not None:
+        kwargs["num_processes"] = num_processes
+    if process_id is not None:
+        kwargs["process_id"] = process_id
+    log.info("jax.distributed.initialize (%s) %s", reason, kwargs)
+    jax.distributed.initialize(**kwargs)
+    return True
+
+
+def describe(mesh: Mesh) -> str:
+    """One line, e.g. ``mesh data=1 fsdp=4 tensor=2 (8 cpu devices)``."""
+    sizes = " ".join(f"{k}={v}" for k, v in mesh.shape.items())
+    return f"mesh {sizes} ({mesh.devices.size} {mesh.devices.flat[0].platform} devices)"
+
+
+def iter_params(state_or_model) -> Iterable[tuple[str, Any]]:
+    """Yield ``(path 'a/b/c', Variable)`` for every variable of a model or State."""
+    state = _state_of(state_or_model)
+    for path, var in jax.tree_util.tree_leaves_with_path(state, is_leaf=_is_var):
+        yield "/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path), var
