@@ -37,6 +37,17 @@ class SafetensorsWriter:
         np.ascontiguousarray(a, dtype=dt).tofile(self.f)
         self.i += 1
 
+    def write_parts(self, name: str, parts) -> None:
+        """Write tensor ``name`` from consecutive row blocks (C order), without holding it whole."""
+        exp_name, shape, dt = self.order[self.i]
+        assert name == exp_name, (name, exp_name)
+        n = 0
+        for a in parts:
+            np.ascontiguousarray(a, dtype=dt).tofile(self.f)
+            n += a.size
+        assert n == int(np.prod(shape, dtype=np.int64)), (name, n, shape)
+        self.i += 1
+
     def close(self) -> None:
         assert self.i == len(self.order), f"wrote {self.i} of {len(self.order)} tensors"
         self.f.close()
