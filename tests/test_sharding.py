@@ -204,3 +204,23 @@ def test_maybe_initialize_distributed(monkeypatch):
     assert calls[-1] == {}  # jax's own SLURM auto-detection fills in the rest
     assert sh.maybe_initialize_distributed(True, env={}) is True
     assert len(calls) == 3
+
+
+def test_param_specs_bench_smoke(monkeypatch, capsys):
+    """bench/param_specs.py on the tiny config: one row per parameter and a consistent summary."""
+    import importlib.util
+    import pathlib
+    import re
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "param_specs.py"
+    spec = importlib.util.spec_from_file_location("param_specs_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--config", str(path.parents[1] / "configs" / "tiny.yaml"), "--preset", "fsdp",
+                     "--mesh", "1,4,2"]) == 0
+    out = capsys.readouterr().out
+    assert "lm/layers/attn/q/kernel" in out and "P(None, 'fsdp', 'tensor')" in out
+    m = re.search(r"SUMMARY .* params=([\d,]+) total=([\d,]+) B .* per_device=([\d,]+) B", out)
+    n, total, per_dev = (int(g.replace(",", "")) for g in m.groups())
+    assert total == 4 * n and total / 8 <= per_dev < total
