@@ -281,8 +281,12 @@ def convert(src: str, dst: str, dtype: str | None = None, vision_config: str | N
         nbytes_out = 0
         bar = tqdm(total=sum(_task_bytes(t, ck) for t in tasks), unit="B", unit_scale=True, desc="convert",
                    disable=not progress)
-        last_key, block = None, None
-        for t in tasks:
+        last_key, block, cur_file = None, None, None
+        for t in tasks:  # grouped by source file, in on-disk order
+            if ck.infos[t.src].file != cur_file:
+                if cur_file is not None:
+                    ck.release(cur_file)
+                cur_file = ck.infos[t.src].file
             key = (t.src, None if t.rows is None else (t.rows.start, t.rows.stop))
             if key != last_key:  # q/k/v feed two targets with --init-beacon: read once
                 block = None

@@ -106,9 +106,15 @@ class TorchBinFile:
                 raise ConversionError(f"{path}: entry {name!r} is not a tensor")
             self.tensors[name] = TensorInfo(name, path, _np_dtype(t.dtype, path, name), tuple(t.shape))
 
+    def close(self) -> None:
+        """Drop the memory map (its touched pages count as resident memory until then)."""
+        self.sd = None
+
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
         import torch
 
+        if self.sd is None:
+            raise RuntimeError(f"{self.path} was closed")
         t = self.sd[name]
         if rows is not None:
             t = t[rows]
@@ -188,6 +194,12 @@ class Checkpoint:
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
         info = self.infos[name]
         return self.files[info.file].read(name, rows)
+
+    def release(self, path: str) -> None:
+        """Done with file ``path`` (unmaps a .bin file; a no-op for safetensors)."""
+        close = getattr(self.files[path], "close", None)
+        if close is not None:
+            close()
 
     def order(self) -> list[str]:
         """Tensor names in on-disk order (file by file, by offset) for sequential reads."""
