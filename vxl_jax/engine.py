@@ -55,7 +55,7 @@ class Engine:
         self.run_s = 0.0
 
     def _run(self, name, fn, static: dict, *args, donate: tuple = ()):
-        key = (name, tuple(sorted(static.items())),
+        key = (name, tuple(sorted(static.items())), donate,
                tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(args)))
         exe = self._compiled.get(key)
         if exe is None:
@@ -75,7 +75,7 @@ class Engine:
 
     def windows(self, mem, windows, n_valid, ratio_idx, *, ratios, from_pixels: bool, keep: bool = True):
         return self._run("windows", _windows, {"ratios": tuple(ratios), "from_pixels": from_pixels, "keep": keep},
-                         self.state, mem, windows, n_valid, ratio_idx)
+                         self.state, mem, windows, n_valid, ratio_idx, donate=(1,))
 
     def features(self, pixels, pooled: bool = True):
         return self._run("features", _features, {"pooled": pooled}, self.state, pixels)
