@@ -49,18 +49,19 @@ def setup(tiny_cfg):
         return nnx.merge(graphdef, s).lm(x, positions=positions, beacon_mask=beacon_mask, mem_k=mem.k,
                                          mem_v=mem.v, mem_len=mem.length)
 
+    def forward(s, ids, pixels, x, beacon_mask, mem):
+        """All three paths in one program (one compile per mesh): (logits, frames, hidden, k, v)."""
+        return (text(s, ids), frames(s, pixels), *with_memory(s, x, beacon_mask, mem))
+
     inputs = dict(ids=ids, pixels=pixels, mem=mem, beacon_mask=beacon_mask, x=x)
-    fns = dict(text=text, frames=frames, memory=with_memory)
-    ref = dict(text=jax.jit(text)(state, ids), frames=jax.jit(frames)(state, pixels),
-               memory=jax.jit(with_memory)(state, x, beacon_mask, mem))
-    return dict(model=model, state=state, inputs=inputs, fns=fns, ref=ref)
+    ref = jax.jit(forward)(state, ids, pixels, x, beacon_mask, mem)
+    return dict(model=model, state=state, inputs=inputs, forward=forward, ref=ref)
 
 
 CASES = [
     ("fsdp", (1, 4, 2)),
     ("fsdp", (1, 8, 1)),
-    ("fsdp", (2, 2, 2)),
-    ("fsdp_tp", (2, 2, 2)),
+    ("fsdp_tp", (2, 2, 2)),  # weights placed as fsdp; KV memory heads over tensor in addition
     ("inference", (1, 2, 4)),
 ]
 
@@ -69,7 +70,7 @@ CASES = [
 def test_sharded_forward_equals_unsharded(setup, preset, mesh_shape):
     mesh = sh.make_mesh(mesh_shape)
     assert tuple(mesh.shape.values()) == mesh_shape and mesh.axis_names == sh.MESH_AXES
-    state, inp, fns, ref = setup["state"], setup["inputs"], setup["fns"], setup["ref"]
+    state, inp, forward, ref = setup["state"], setup["inputs"], setup["forward"], setup["ref"]
     shardings = sh.param_shardings(state, mesh, preset)
     placed = jax.device_put(state, shardings)
 
@@ -86,20 +87,19 @@ def test_sharded_forward_equals_unsharded(setup, preset, mesh_shape):
     assert not q.sharding.is_fully_replicated
 
     ids = jax.device_put(inp["ids"], sh.batch_sharding(mesh, inp["ids"].shape, preset))
-    out = jax.jit(fns["text"], in_shardings=(shardings, ids.sharding))(placed, ids)
-    np.testing.assert_allclose(np.asarray(out), np.asarray(ref["text"]), rtol=1e-5, atol=1e-5)
-
     pixels = jax.device_put(inp["pixels"], sh.logical_sharding(mesh, ("frames", None, None, None),
                                                                inp["pixels"].shape, preset))
-    out = jax.jit(fns["frames"])(placed, pixels)
-    np.testing.assert_allclose(np.asarray(out), np.asarray(ref["frames"]), rtol=1e-5, atol=1e-5)
-
     mem = jax.device_put(inp["mem"], sh.memory_shardings(inp["mem"], mesh, preset))
     x = jax.device_put(inp["x"], sh.batch_sharding(mesh, inp["x"].shape, preset))
     bm = jax.device_put(inp["beacon_mask"], sh.batch_sharding(mesh, inp["beacon_mask"].shape, preset))
-    outs = jax.jit(fns["memory"])(placed, x, bm, mem)
-    for got, want in zip(outs, ref["memory"]):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    if preset == "fsdp_tp":
+        assert mem.k.sharding.spec == P(None, ("data", "fsdp"), None, "tensor")
+    outs = jax.jit(forward, in_shardings=(shardings, ids.sharding, pixels.sharding, x.sharding, bm.sharding,
+                                          sh.memory_shardings(mem, mesh, preset)))(placed, ids, pixels, x, bm, mem)
+    names = ("text_logits", "encode_frames", "lm hidden over memory", "k_pre", "v")
+    for name, got, want in zip(names, outs, ref):
+        assert got.shape == want.shape, name
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 def test_specs_of_known_params(tiny_cfg):
