@@ -154,7 +154,6 @@ def main():
         nbytes, n_params = build(src, args.layers, int(args.shard_gb * (1 << 30)), args.format)
         t_build = time.perf_counter() - t0
         shards = len([f for f in os.listdir(src) if f.endswith((".safetensors", ".bin"))])
-        biggest = max(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
         res = measure(src, dst)
         err = spot_check(src, dst)
         ratio = res["peak_rss"] / nbytes
@@ -168,10 +167,8 @@ def main():
             ("spot check max|diff|", f"{err:g}"),
             ("build time (not measured)", f"{t_build:.1f} s"),
             ("7B extrapolation: checkpoint", f"{SIZE_7B_BF16 / 1e9:.1f} GB"),
-            *([("7B extrapolation: peak RSS", f"~{res['peak_rss'] / 1e9:.2f} GB (same widest tensors)"),
-               ("7B extrapolation: ratio", f"~{res['peak_rss'] / SIZE_7B_BF16:.3f}")] if args.format == "safetensors"
-              else [("7B extrapolation: peak RSS", f"~0.2 GB + largest .bin shard (here {biggest / 1e9:.2f} GB): "
-                                                   "mmap'd pages stay resident until the file is done")]),
+            ("7B extrapolation: peak RSS", f"~{res['peak_rss'] / 1e9:.2f} GB (same widest tensors)"),
+            ("7B extrapolation: ratio", f"~{res['peak_rss'] / SIZE_7B_BF16:.3f}"),
             ("7B extrapolation: time", f"~{SIZE_7B_BF16 / rate:.0f} s at the same rate"),
         ]
         w = max(len(r[0]) for r in rows)

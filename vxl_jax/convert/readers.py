@@ -119,8 +119,29 @@ class TorchBinFile:
         if rows is not None:
             t = t[rows]
         if t.dtype == torch.bfloat16:
-            return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
-        return t.contiguous().numpy().copy()
+            out = t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+        else:
+            out = t.contiguous().numpy().copy()
+        _drop_pages(t.data_ptr(), t.numel() * t.element_size())
+        return out
+
+
+def _drop_pages(addr: int, nbytes: int) -> None:
+    """madvise(MADV_DONTNEED) a read-only file mapping: the pages leave our RSS (re-read on access)."""
+    global _LIBC
+    if nbytes <= 0 or os.name != "posix":
+        return
+    if _LIBC is None:
+        import ctypes
+
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = addr - addr % page
+    _LIBC.madvise(start, addr + nbytes - start, 4)  # MADV_DONTNEED; failure is harmless (memory stays)
+
+
+_LIBC = None
 
 
 def _np_dtype(tdt, path, name) -> np.dtype:
