@@ -21,6 +21,7 @@ import warnings
 
 EXIT_BAD_INPUT = 2
 DEFAULT_FRAMES = 128
+DEMO_FRAMES = 20  # the embedded random model only demonstrates the pipeline: keep its default run short
 EMBEDDED_NOTE = "no --model given: using the embedded tiny random model; answers are random tokens"
 
 
@@ -41,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--video", help="video file; default with the embedded model: a generated sample video")
     p.add_argument("--question", required=True, help="the question about the video")
     p.add_argument("--system", default=None, help="system prompt (default: 'You are a helpful assistant.')")
-    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="frames sampled uniformly from the video")
+    p.add_argument("--frames", type=int, default=None,
+                   help=f"frames sampled uniformly from the video (default {DEFAULT_FRAMES}; "
+                        f"{DEMO_FRAMES} with the embedded tiny model)")
     p.add_argument("--ratio", type=int, default=8,
                    help="visual-token compression ratio; must divide the beacon window (1440): 2, 4, 8, 12, 16, ...")
     p.add_argument("--max-new-tokens", type=int, default=None,
@@ -58,10 +61,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stats", action="store_true", help="print frames, tokens, memory size and timings to stderr")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes (errors still go to stderr)")
+    p.add_argument("--compile-cache", metavar="DIR", default=default_cache_dir(),
+                   help="persistent XLA compilation cache (makes repeated runs start faster); 'none' disables it")
     return p.parse_args(argv)
 
 
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "vxl_jax", "xla")
+
+
+def enable_compile_cache(path: str) -> None:
+    """Persist compiled XLA programs under ``path`` (unless JAX_COMPILATION_CACHE_DIR already chose one)."""
+    if not path or path.lower() == "none" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    import jax
+
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        log(f"note: compilation cache disabled ({path}: {e.strerror})")
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def check_args(a: argparse.Namespace) -> None:
+    if a.frames is None:
+        a.frames = DEMO_FRAMES if a.model is None else DEFAULT_FRAMES
     if a.frames < 1:
         raise UsageError(f"--frames must be >= 1, got {a.frames}")
     if a.max_new_tokens is not None and a.max_new_tokens < 1:
@@ -191,6 +219,7 @@ def run(a: argparse.Namespace) -> str:
         pixels, info = read_frames(a, cfg, timings)
         warn_last_window(cfg, info["num_frames"], a.ratio)
 
+    enable_compile_cache(a.compile_cache)
     t = time.perf_counter()
     vx = load_model(a)
     timings["load_s"] = time.perf_counter() - t
