@@ -100,3 +100,9 @@ def test_bad_input():
         preprocess_frames(np.zeros((2, 3, 40, 60), np.uint8))
     with pytest.raises(ValueError, match="0"):
         preprocess_frames(np.zeros((0, 40, 60, 3), np.uint8))
+
+
+def test_threads_do_not_change_the_result():
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (7, 50, 90, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(preprocess_frames(frames, threads=1), preprocess_frames(frames, threads=3))
