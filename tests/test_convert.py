@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -200,7 +201,22 @@ def test_bad_inputs_give_one_clear_error_and_write_nothing(torch_models, tmp_pat
     # the vision config given explicitly makes the last one work
     vis = tmp_path / "clip.json"
     vis.write_text(json.dumps(clip_config_dict(clip)))
-    convert(cases["no fitting vision config"][0], str(out_parent / "ok"), vision_config=str(vis), progress=False)
+    novis = cases["no fitting vision config"][0]
+    s = convert(novis, str(out_parent / "ok"), vision_config=str(vis), progress=False)
+    assert s["vision_config"] == str(vis)
+    # ... and so does the folder named by mm_vision_tower (relative to the checkpoint)
+    tower = os.path.join(novis, json.load(open(os.path.join(novis, "config.json")))["mm_vision_tower"])
+    os.makedirs(tower)
+    shutil.copy(vis, os.path.join(tower, "config.json"))
+    s = convert(novis, str(out_parent / "ok2"), progress=False)
+    assert s["vision_config"] == os.path.join(tower, "config.json")
+    # an LM config problem is reported as such
+    t = json.load(open(os.path.join(novis, "config.json")))
+    t["some_new_field"] = 1
+    json.dump(t, open(os.path.join(novis, "config.json"), "w"))
+    with pytest.raises(ConversionError, match="config.json: .*some_new_field"):
+        convert(novis, str(out_parent / "bad_cfg"), progress=False)
+    assert not (out_parent / "bad_cfg").exists()
 
 
 def test_cli_subprocess_and_exit_codes(released, tmp_path):

@@ -107,8 +107,8 @@ def resolve_config(src: str, shapes: dict[str, tuple[int, ...]], vision_config: 
         try:
             cfg = from_hf_config(hf, vision=vis)
         except ConfigError as e:
-            if "vision" in str(e) or where != "built-in openai/clip-vit-large-patch14-336":
-                tried.append(f"{where}: {e}")
+            if any(w in str(e) for w in ("vision", "projector", "tokens_per_frame", "grid")):
+                tried.append(f"{where}: {e}")  # this CLIP config does not fit; try the next one
                 continue
             raise ConversionError(f"{cj}: {e}") from None
         bad = _vision_mismatch(cfg.vision, shapes)

@@ -210,29 +210,8 @@ def build_table(cfg, shapes: dict | None = None) -> dict[str, Entry]:
     return table
 
 
-def entries_by_path(table: dict[str, Entry]) -> dict[tuple[str, ...], list[Entry]]:
-    out: dict[tuple[str, ...], list[Entry]] = {}
-    for e in table.values():
-        out.setdefault(e.path, []).append(e)
-    for v in out.values():
-        v.sort(key=lambda e: -1 if e.layer is None else e.layer)
-    return out
-
-
 def is_beacon(entry: Entry) -> bool:
     return entry.path in BEACON_PATHS
-
-
-def torch_from_pure(cfg, pure: dict) -> dict[str, np.ndarray]:
-    """Inverse of :func:`pure_from_torch`: released torch names -> numpy arrays (contiguous)."""
-    table = build_table(cfg)
-    flat = flatten(pure)
-    out = {}
-    for name, e in table.items():
-        a = np.asarray(flat[e.path])
-        a = a if e.layer is None else a[e.layer]
-        out[name] = np.ascontiguousarray(to_torch(e.kind, a))
-    return out
 
 
 def nest(flat: dict[tuple[str, ...], object]) -> dict:
