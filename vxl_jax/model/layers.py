@@ -29,7 +29,7 @@ def param(rngs: nnx.Rngs | None, shape, axes, dtype, init: str = "normal", scale
         value = jnp.ones(shape, jnp.float32)
     else:  # pragma: no cover
         raise ValueError(init)
-    return nnx.Param(value.astype(dtype), sharding_names=tuple(axes), eager_sharding=False)
+    return nnx.Param(value.astype(dtype), out_sharding=tuple(axes), eager_sharding=False)
 
 
 class RMSNorm(nnx.Module):

@@ -53,4 +53,4 @@ def stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], num: int, rngs: nnx.Rn
     def make(r):
         return make_layer(r)
 
-    return make(rngs.fork(split=num))
+    return make(rngs.split(num))
