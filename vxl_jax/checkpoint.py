@@ -114,10 +114,10 @@ def load_converted(path, dtype: str = "float32"):
 
 
 def read_params(path, cfg: VideoXLConfig):
-    """-> ``get(param_path, layer) -> np.ndarray``: one parameter (or one layer of it) at a time.
+    """-> ``get(param_path, layer=None, index=None) -> np.ndarray``: one parameter, layer or block at a time.
 
     Reads zarr leaves directly when the folder was written by the converter; otherwise restores
-    the whole tree once with Orbax.
+    the whole tree once with Orbax. ``index`` (a tuple of slices) selects a block of the parameter.
     """
     from vxl_jax.convert import names as N
     from vxl_jax.convert import zarr_out
@@ -125,17 +125,15 @@ def read_params(path, cfg: VideoXLConfig):
     root = os.path.join(os.fspath(path), PARAMS_DIR)
     shapes = N.param_shapes(cfg)
     leaves = {p: zarr_out.open_leaf(root, p) for p in shapes}
-    if all(v is not None for v in leaves.values()):
-        def get(p, layer):
-            arr = leaves[p] if layer is None else leaves[p][layer]
-            return np.asarray(arr.read().result())
-        return get
-    import orbax.checkpoint as ocp
+    if not all(v is not None for v in leaves.values()):
+        import orbax.checkpoint as ocp
 
-    _, _, abstract = _abstract_pure(cfg)
-    flat = N.flatten(ocp.StandardCheckpointer().restore(root, abstract))
+        _, _, abstract = _abstract_pure(cfg)
+        leaves = {p: np.asarray(a) for p, a in N.flatten(ocp.StandardCheckpointer().restore(root, abstract)).items()}
 
-    def get_all(p, layer):
-        a = np.asarray(flat[p])
-        return a if layer is None else a[layer]
-    return get_all
+    def get(p, layer=None, index=None):
+        arr = leaves[p] if layer is None else leaves[p][layer]
+        if index is not None:
+            arr = arr[index]
+        return np.asarray(arr.read().result()) if hasattr(arr, "read") else np.array(arr)
+    return get

@@ -374,7 +374,14 @@ def export_torch(src: str, dst: str, dtype: str | None = None, max_shard_bytes: 
             w = SafetensorsWriter(os.path.join(tmp, fname), shard, metadata={"format": "pt"})
             for name, _, _ in shard:
                 e = table[name]
-                w.write(name, N.to_torch(e.kind, get(e.path, e.layer)))
+                br = _block_rows(e, max(out_dt.itemsize, 4))
+                if br is None:
+                    w.write(name, N.to_torch(e.kind, get(e.path, e.layer)))
+                else:  # embeddings / lm_head: torch row blocks, never the whole matrix twice
+                    rows = e.torch_shape[0]
+                    blocks = (slice(a, min(rows, a + br)) for a in range(0, rows, br))
+                    w.write_parts(name, (N.to_torch(e.kind, get(e.path, None, (sl,) if e.kind == "copy"
+                                                                 else (slice(None), sl))) for sl in blocks))
                 weight_map[name] = fname
                 bar.update(1)
             total += w.nbytes
