@@ -35,8 +35,8 @@ def log(msg: str) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="infer.py", description="Answer a question about a video with Video-XL (JAX / Flax NNX).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="infer.py", description="Answer a question about a video with Video-XL (JAX / Flax NNX). "
+        "Only the answer is printed to stdout.")
     p.add_argument("--model", help="converted checkpoint folder (convert_weights.py); default: the embedded "
                                    "tiny random model (pipeline demo, random answers)")
     p.add_argument("--video", help="video file; default with the embedded model: a generated sample video")
@@ -46,23 +46,26 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"frames sampled uniformly from the video (default {DEFAULT_FRAMES}; "
                         f"{DEMO_FRAMES} with the embedded tiny model)")
     p.add_argument("--ratio", type=int, default=8,
-                   help="visual-token compression ratio; must divide the beacon window (1440): 2, 4, 8, 12, 16, ...")
+                   help="visual-token compression ratio; must divide the beacon window (1440): 2, 4, 8, 12, 16, ... "
+                        "(default 8)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer length limit (default: the checkpoint's generation_config, else 64)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (overrides the checkpoint's sampling)")
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
-    p.add_argument("--top-k", type=int, default=None, help="top-k sampling (0 = off)")
-    p.add_argument("--repetition-penalty", type=float, default=None, help="HF-style repetition penalty (1 = off)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature, 0 = greedy; giving any of temperature/top-p/top-k "
+                   "turns sampling on (default: the checkpoint's generation_config.json)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default: generation_config.json)")
+    p.add_argument("--top-k", type=int, default=None, help="top-k sampling, 0 = off (default: generation_config.json)")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="HF-style repetition penalty, 1 = off (default: generation_config.json)")
     mem = p.add_mutually_exclusive_group()
     mem.add_argument("--save-memory", metavar="FILE", help="also save the compressed video memory to FILE")
     mem.add_argument("--memory", metavar="FILE", help="answer from a saved video memory instead of a video")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="parameter/compute dtype")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="parameter/compute dtype (default float32)")
     p.add_argument("--stats", action="store_true", help="print frames, tokens, memory size and timings to stderr")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes (errors still go to stderr)")
     p.add_argument("--compile-cache", metavar="DIR", default=default_cache_dir(),
-                   help="persistent XLA compilation cache (makes repeated runs start faster); 'none' disables it")
+                   help="persistent XLA compilation cache, makes repeated runs start faster; 'none' disables it "
+                        "(default %(default)s)")
     return p.parse_args(argv)
 
 
