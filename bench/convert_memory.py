@@ -103,9 +103,9 @@ def _lm_hf(lm: LMConfig) -> dict:
             "bos_token_id": lm.bos_token_id, "eos_token_id": lm.eos_token_id}
 
 
-def measure(src: str, dst: str) -> dict:
+def measure(src: str, dst: str, *extra: str) -> dict:
     cmd = ["/usr/bin/time", "-v", sys.executable, os.path.join(ROOT, "convert_weights.py"), "--src", src, "--dst", dst,
-           "--quiet"]
+           "--quiet", *extra]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -138,6 +138,19 @@ def spot_check(src: str, dst: str) -> float:
     return max(worst, float(np.abs(got - ref).max()))
 
 
+def _exported_equal(src: str, back: str) -> str:
+    """Compare a few tensors of the exported folder with the source, by name."""
+    from vxl_jax.convert.readers import Checkpoint
+
+    a, b = Checkpoint(src), Checkpoint(back)
+    names = ["model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.beacon_k_proj.bias", "model.norm.weight",
+             N.VISION_PREFIX + "embeddings.patch_embedding.weight"]
+    same = all(np.array_equal(a.read(n).view(np.uint16), b.read(n).view(np.uint16)) for n in names)
+    rows = slice(150000, 150064)
+    same &= np.array_equal(a.read("lm_head.weight", rows).view(np.uint16), b.read("lm_head.weight", rows).view(np.uint16))
+    return f"{same} ({len(names) + 1} checked; names {'match' if set(a.infos) == set(b.infos) else 'DIFFER'})"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=2, help="decoder layers (7B widths)")
@@ -156,6 +169,9 @@ def main():
         shards = len([f for f in os.listdir(src) if f.endswith((".safetensors", ".bin"))])
         res = measure(src, dst)
         err = spot_check(src, dst)
+        back = os.path.join(work, "back")
+        exp = measure(dst, back, "--to-torch")
+        exported = _exported_equal(src, back)
         ratio = res["peak_rss"] / nbytes
         rate = nbytes / res["wall_s"]
         rows = [
@@ -165,6 +181,9 @@ def main():
             ("peak RSS / checkpoint size", f"{ratio:.3f}"),
             ("conversion wall time", f"{res['wall_s']:.1f} s ({rate / 1e6:.0f} MB/s)"),
             ("spot check max|diff|", f"{err:g}"),
+            ("--to-torch peak RSS", f"{exp['peak_rss'] / 1e9:.3f} GB (ratio {exp['peak_rss'] / nbytes:.3f})"),
+            ("--to-torch wall time", f"{exp['wall_s']:.1f} s"),
+            ("--to-torch tensors bit-equal to source", exported),
             ("build time (not measured)", f"{t_build:.1f} s"),
             ("7B extrapolation: checkpoint", f"{SIZE_7B_BF16 / 1e9:.1f} GB"),
             ("7B extrapolation: peak RSS", f"~{res['peak_rss'] / 1e9:.2f} GB (same widest tensors)"),
