@@ -16,6 +16,14 @@ import json
 import sys
 
 
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} GB"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", required=True, help="source folder")
@@ -48,6 +56,14 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
+    if summary["direction"] == "torch->jax":
+        line = (f"converted {summary['source_tensors']} tensors ({summary['source_format']}) into "
+                f"{summary['parameter_arrays']} arrays, {summary['parameters']:,} parameters, "
+                f"{_human(summary['written_bytes'])} {summary['dtype']}")
+    else:
+        line = (f"exported {summary['tensors']} tensors in {len(summary['shards'])} safetensors file(s), "
+                f"{_human(summary['bytes'])} {summary['dtype']}")
+    print(f"{line} in {summary['seconds']:.1f} s -> {args.dst}", file=sys.stderr)
     return 0
 
 

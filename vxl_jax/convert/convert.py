@@ -261,6 +261,9 @@ def convert(src: str, dst: str, dtype: str | None = None, vision_config: str | N
             init_beacon: bool = False, progress: bool = True) -> dict:
     """Convert a released PyTorch checkpoint folder ``src`` into our folder ``dst``; returns the summary."""
     t0 = time.perf_counter()
+    if os.path.isfile(os.path.join(src, CONFIG_NAME)):
+        raise ConversionError(f"{src} is already a converted folder ({CONFIG_NAME}): load it with VideoXL.load, "
+                              "or export it back with --to-torch")
     ck = Checkpoint(src)
     shapes = {N.canonical_name(n): i.shape for n, i in ck.infos.items()}
     cfg, vision_source = resolve_config(src, shapes, vision_config)
