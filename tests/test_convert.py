@@ -239,6 +239,8 @@ def test_load_raw_folder_is_a_clear_error(released):
 
     with pytest.raises(ConversionError, match="convert_weights.py"):
         VideoXL.load(released[0])
+    with pytest.raises(ConversionError, match="already a converted folder"):
+        convert(released[1], released[1] + "_again", progress=False)
 
 
 def test_row_blocked_conversion_and_export(released, tmp_path, monkeypatch):

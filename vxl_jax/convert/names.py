@@ -16,7 +16,6 @@ Stacked layer parameters ([L, ...] in our tree) take one torch tensor per layer 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
 
 import numpy as np
 
