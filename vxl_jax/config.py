@@ -426,6 +426,7 @@ _HF_IGNORED = {
     "mm_projector_type", "mm_hidden_size", "bos_token_id", "eos_token_id", "pad_token_id",
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "rope_theta", "rms_norm_eps", "max_position_embeddings", "tie_word_embeddings",
+    "rope_parameters",
 }
 _BEACON_KEYS = {
     "beacon_window": "window", "beacon_stride": "stride", "beacon_ratio": "ratios",
@@ -479,6 +480,12 @@ def from_hf_config(
         raise ConfigError(f"config.json has field(s) this port does not understand: {unknown}")
     if hf.get("use_sliding_window"):
         raise ConfigError("config.json: use_sliding_window=true is not supported (Video-XL does not use it)")
+    rope_params = hf.get("rope_parameters")  # transformers >= 5 writes RoPE settings here
+    if rope_params:
+        if rope_params.get("rope_type", "default") != "default":
+            raise ConfigError(f"config.json: rope_parameters {rope_params!r} is not supported (plain RoPE only)")
+        if "rope_theta" in rope_params:
+            hf.setdefault("rope_theta", rope_params["rope_theta"])
     if hf.get("rope_scaling") not in (None, {}):
         # The original forces rope_scaling to None; honouring it would change the model.
         raise ConfigError(f"config.json: rope_scaling {hf['rope_scaling']!r} is not supported (the original forces None)")
