@@ -176,3 +176,15 @@ def test_mesh_shape():
     with pytest.raises(ConfigError, match="needs 4 devices"):
         MeshConfig(data=2, fsdp=2, tensor=1).shape(8)
     assert RuntimeConfig().mesh == MeshConfig()
+
+
+def test_transformers5_rope_parameters(golden_dir):
+    """transformers >= 5 writes RoPE settings under rope_parameters; scaled RoPE is refused."""
+    d = json.loads((golden_dir / "tiny_videoxl" / "config.json").read_text())
+    vision = golden_dir / "tiny_videoxl" / "vision_tower_config.json"
+    theta = d.pop("rope_theta")
+    d["rope_parameters"] = {"rope_type": "default", "rope_theta": theta / 10}
+    assert from_hf_config(d, vision).lm.rope_theta == theta / 10
+    d["rope_parameters"] = {"rope_type": "yarn", "rope_theta": theta, "factor": 4.0}
+    with pytest.raises(ConfigError, match="rope_parameters"):
+        from_hf_config(d, vision)
