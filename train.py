@@ -1,0 +1,45 @@
+"""Train Video-XL (beacon compression) with Optax on a device mesh; Orbax checkpoints; Grain video data.
+
+    python train.py --config configs/tiny.yaml                         # short demo run, synthetic data
+    python train.py --config configs/train_tiny.yaml train.steps=300    # key=value overrides
+    python train.py --config my.yaml data.train=data/train.json data.video_folder=data/videos \\
+        checkpoint.init_from=converted/videoxl_7b train.trainable=projector   # stage 1 style
+
+Sections ``train``/``data``/``checkpoint`` of the preset are described in vxl_jax/train/config.py.
+The run resumes from ``<workdir>/checkpoints`` when it exists, and exports the final model to
+``<workdir>/export`` (a converted folder for ``infer.py --model``). SIGTERM checkpoints and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n", 2)[2])
+    p.add_argument("--config", default="configs/tiny.yaml", help="preset YAML (default: configs/tiny.yaml)")
+    p.add_argument("--export", default=None, help="write the final model here (default: <workdir>/export)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=50 runtime mesh: "
+                                                "model.runtime.mesh.fsdp=4")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from vxl_jax.config import ConfigError
+    from vxl_jax.train.loop import run
+
+    try:
+        summary = run(args.config, args.overrides, export=args.export)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    last = summary.get("last") or {}
+    print(f"done: step {summary['final_step']}, loss {last.get('loss', float('nan')):.4f}"
+          + (f", eval loss {summary['eval_loss']:.4f}" if "eval_loss" in summary else "")
+          + f", {summary['train_time_s']:.1f}s; checkpoints in {summary['checkpoints']}; metrics {summary['metrics']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Grain input pipeline: records -> padded fixed-shape samples -> ``[accum, batch, ...]`` numpy steps.
+
+    loader = TrainLoader(records, spec, batch_size=2, accum=1, seed=0)
+    step = next(loader)              # dict of numpy arrays, leading dims [accum, local_batch]
+    state = loader.get_state()       # JSON-able; ``loader.set_state(state)`` resumes exactly
+
+Per sample (static caps P = ``max_prefix``, S = ``max_suffix``, F = ``frames_upbound``):
+    prefix_ids/prefix_labels int32 [P], prefix_len int32, pixels float32 [F, 3, H, H] (0-padded),
+    num_frames int32 (0 = text only), suffix_ids/suffix_labels int32 [S], suffix_len int32.
+Reading order: ``grain.samplers.IndexSampler`` (shuffled per epoch from ``seed``, sharded over
+``jax.process_index()/process_count()``), repeated for ever (train) or once (eval).
+
+Bad records (missing/corrupt video or image, bad conversations, prefix longer than P) are
+logged with their id, counted in ``loader.skipped`` (reported as a metric) and skipped; a
+suffix longer than S is truncated and counted in ``loader.truncated``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import logging
+import os
+
+import grain
+import numpy as np
+
+from vxl_jax.data.conversation import IGNORE_INDEX, RecordError, tokenize_conversation
+from vxl_jax.data.frames import load_image, load_training_video
+from vxl_jax.video import VideoError
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("prefix_ids", "prefix_labels", "prefix_len", "pixels", "num_frames", "suffix_ids", "suffix_labels",
+          "suffix_len")
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSpec:
+    """How records become fixed-shape samples."""
+
+    max_prefix: int = 32
+    max_suffix: int = 64
+    frames_upbound: int = 20
+    image_size: int = 336
+    video_fps: float = 1.0
+    video_folder: str = ""
+    image_folder: str = ""
+    tokenizer: str = "tiny"  # "tiny" (built-in) or a tokenizer folder for AutoTokenizer
+    system: str = "You are a helpful assistant."
+
+
+def load_tokenizer(name: str):
+    if name == "tiny":
+        from vxl_jax.tokenizer import build_tiny_tokenizer
+
+        return build_tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
+
+
+def _pad(a: np.ndarray, n: int, value: int) -> np.ndarray:
+    out = np.full((n,) + a.shape[1:], value, a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+class ProcessRecord(grain.transforms.Map):
+    """One record -> a padded sample dict, or ``{"_ok": False, "_id", "_error"}`` for a bad record."""
+
+    def __init__(self, spec: SampleSpec):
+        self.spec = spec
+        self._tok = None
+
+    def _frames(self, rec) -> np.ndarray | None:
+        s = self.spec
+        if "video" in rec:
+            return load_training_video(os.path.join(s.video_folder, rec["video"]), s.frames_upbound, s.video_fps)[0]
+        if "image" in rec:
+            return load_image(os.path.join(s.image_folder, rec["image"]))
+        return None
+
+    def map(self, rec):
+        s = self.spec
+        rid = str(rec.get("id", "?"))
+        try:
+            if self._tok is None:
+                self._tok = load_tokenizer(s.tokenizer)
+            frames = self._frames(rec)
+            tok = tokenize_conversation(rec["conversations"], self._tok, frames is not None, system=s.system)
+            if len(tok.prefix_ids) > s.max_prefix:
+                raise RecordError(f"prefix of {len(tok.prefix_ids)} tokens exceeds data.max_prefix={s.max_prefix}")
+            truncated = len(tok.suffix_ids) > s.max_suffix
+            suffix_ids, suffix_labels = tok.suffix_ids[: s.max_suffix], tok.suffix_labels[: s.max_suffix]
+            if not np.any(tok.prefix_labels != IGNORE_INDEX) and not np.any(suffix_labels != IGNORE_INDEX):
+                raise RecordError("no supervised token within max_suffix")
+            pixels = np.zeros((s.frames_upbound, 3, s.image_size, s.image_size), np.float32)
+            n_frames = 0
+            if frames is not None:
+                from vxl_jax.preprocess import preprocess_frames
+
+                px = preprocess_frames(frames[: s.frames_upbound], size=s.image_size)
+                n_frames = len(px)
+                pixels[:n_frames] = px
+        except (RecordError, VideoError, KeyError, OSError) as e:
+            return {"_ok": False, "_id": rid, "_error": f"{type(e).__name__}: {e}"}
+        return {
+            "_ok": True, "_id": rid, "_truncated": truncated,
+            "prefix_ids": _pad(tok.prefix_ids, s.max_prefix, 0),
+            "prefix_labels": _pad(tok.prefix_labels, s.max_prefix, IGNORE_INDEX),
+            "prefix_len": np.int32(len(tok.prefix_ids)),
+            "pixels": pixels, "num_frames": np.int32(n_frames),
+            "suffix_ids": _pad(suffix_ids, s.max_suffix, 0),
+            "suffix_labels": _pad(suffix_labels, s.max_suffix, IGNORE_INDEX),
+            "suffix_len": np.int32(len(suffix_ids)),
+        }
+
+
+def shard_options():
+    import jax
+
+    return grain.sharding.ShardOptions(shard_index=jax.process_index(), shard_count=jax.process_count(),
+                                       drop_remainder=True)
+
+
+class TrainLoader:
+    """Iterator of steps ``{field: [accum, batch, ...]}`` over a Grain ``DataLoader``; resumable."""
+
+    def __init__(self, records: list, spec: SampleSpec, batch_size: int, accum: int = 1, seed: int = 0,
+                 shuffle: bool = True, num_epochs: int | None = None, workers: int = 0, skipped_at_load: int = 0):
+        if not records:
+            raise ValueError("no usable training records (all were skipped or the file is empty)")
+        self.batch_size, self.accum = int(batch_size), int(accum)
+        self.skipped, self.truncated = int(skipped_at_load), 0
+        self.recent_skips: collections.deque = collections.deque(maxlen=20)
+        if workers:
+            from absl import flags
+
+            flags.FLAGS.mark_as_parsed()
+        sampler = grain.samplers.IndexSampler(num_records=len(records), shard_options=shard_options(),
+                                              shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+        self._loader = grain.DataLoader(data_source=records, sampler=sampler, operations=[ProcessRecord(spec)],
+                                        worker_count=workers)
+        self._it = iter(self._loader)
+        self._seen_ok = 0
+
+    def _next_good(self):
+        while True:
+            item = next(self._it)  # StopIteration ends an eval pass
+            if item["_ok"]:
+                self.truncated += int(item["_truncated"])
+                return item
+            self.skipped += 1
+            self.recent_skips.append(item["_id"])
+            log.warning("skipping record %s: %s", item["_id"], item["_error"])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        items = [self._next_good() for _ in range(self.accum * self.batch_size)]
+        out = {}
+        for f in FIELDS:
+            a = np.stack([it[f] for it in items])
+            out[f] = a.reshape((self.accum, self.batch_size) + a.shape[1:])
+        return out
+
+    def get_state(self) -> dict:
+        """JSON-able state; taken between steps it resumes at the next step's first record."""
+        return {"grain": self._it.get_state().decode(), "skipped": self.skipped, "truncated": self.truncated}
+
+    def set_state(self, state: dict) -> None:
+        self._it.set_state(state["grain"].encode())
+        self.skipped, self.truncated = int(state["skipped"]), int(state["truncated"])
+
+

@@ -1,0 +1,166 @@
+"""Jitted, sharded train and eval steps over explicit state (``nnx.split``).
+
+Train state (a pytree, checkpointed as is)::
+
+    {"params": State (trainable Params), "frozen": State (the rest), "opt": optax state,
+     "step": int32 [], "key": uint32 [2]}
+
+One train step takes a batch ``{field: [accum, B, ...]}``, scans the ``accum`` micro-batches
+summing ``windowed_loss`` sums and gradients, divides by the total number of scored tokens
+(token-level mean over the whole accumulated batch, spec 4), clips and applies AdamW. Each
+window's compression ratio is drawn inside the step: ``ratio_idx = randint(fold_in(fold_in(key,
+step), micro), [W], 0, len(ratios))``, so a resumed run draws exactly the same ratios.
+Parameters are sharded by the logical-axis rules (:mod:`vxl_jax.sharding`), optimizer moments
+like their parameters, the batch over ``(data, fsdp)`` on its batch dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from vxl_jax import sharding as sh
+from vxl_jax.beacon.train import windowed_loss
+
+
+def num_windows(frames: int, frames_per_window: int) -> int:
+    return -(-frames // frames_per_window)
+
+
+def draw_ratio_idx(key, step, micro, num_windows: int, num_ratios: int):
+    """[W] int32 uniform in [0, num_ratios): a pure function of (key, step, micro)."""
+    k = jax.random.fold_in(jax.random.fold_in(key, step), micro)
+    return jax.random.randint(k, (num_windows,), 0, num_ratios, dtype=jnp.int32)
+
+
+def input_tokens(mb) -> jax.Array:
+    """Tokens processed by the LM for a (micro-)batch: text + visual (144 per frame), int32."""
+    return (jnp.sum(mb["prefix_len"]) + jnp.sum(mb["suffix_len"]) + 144 * jnp.sum(mb["num_frames"])).astype(jnp.int32)
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Holds the static pieces (graphdef, optimizer, shardings) and the jitted steps."""
+
+    graphdef: object
+    tx: optax.GradientTransformation
+    schedule: object
+    ratios: tuple[int, ...]
+    remat: str
+    mesh: object
+    state_shardings: dict
+    keep_memory: bool = True
+    rules: str = "fsdp"
+
+    def loss_fn(self, params, frozen, mb, ratio_idx):
+        model = nnx.merge(self.graphdef, params, frozen)
+        return windowed_loss(model, mb, ratio_idx, ratios=self.ratios, remat=self.remat,
+                             keep_memory=self.keep_memory)
+
+    def _train_step(self, state, batch):
+        accum, _, F = batch["pixels"].shape[:3]
+        fpw = nnx.merge(self.graphdef, state["params"], state["frozen"]).cfg.beacon.frames_per_window
+        W = num_windows(F, fpw)
+        grad_fn = jax.value_and_grad(self.loss_fn, has_aux=True)
+
+        def micro(carry, xs):
+            g_acc, l_acc, n_acc = carry
+            mb, i = xs
+            idx = draw_ratio_idx(state["key"], state["step"], i, W, len(self.ratios))
+            (loss_sum, n), g = grad_fn(state["params"], state["frozen"], mb, idx)
+            g_acc = jax.tree.map(lambda a, b: a + b.astype(a.dtype), g_acc, g)
+            return (g_acc, l_acc + loss_sum, n_acc + n), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"])
+        (grads, loss_sum, n), _ = jax.lax.scan(micro, (zeros, jnp.float32(0), jnp.int32(0)),
+                                               (batch, jnp.arange(accum, dtype=jnp.int32)))
+        denom = jnp.maximum(n, 1).astype(jnp.float32)
+        grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state["params"])
+        updates, opt = self.tx.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {"loss": loss_sum / denom, "n_tokens": n, "grad_norm": optax.global_norm(grads),
+                   "lr": self.schedule(state["step"]), "input_tokens": input_tokens(batch)}
+        new = dict(state, params=params, opt=opt, step=state["step"] + 1)
+        return new, metrics
+
+    def _eval_step(self, state, batch, ratio_idx):
+        """batch {field: [1, B, ...]} (one micro-batch), ratio_idx [W] -> (loss_sum, n_tokens)."""
+        mb = jax.tree.map(lambda x: x[0], batch)
+        loss_sum, n = self.loss_fn(state["params"], state["frozen"], mb, ratio_idx)
+        return loss_sum, n
+
+    def compile(self):
+        sd = self.state_shardings
+        rep = NamedSharding(self.mesh, PartitionSpec())
+        self.train_step = jax.jit(self._train_step, in_shardings=(sd, None), out_shardings=(sd, rep),
+                                  donate_argnums=(0,))
+        self.eval_step = jax.jit(self._eval_step, in_shardings=(sd, None, rep), out_shardings=(rep, rep))
+        return self
+
+
+def split_model(model, trainable_filter):
+    """-> (graphdef, trainable Params State, everything else State)."""
+    return nnx.split(model, trainable_filter, ...)
+
+
+def state_shardings(abstract_state: dict, tx, mesh, rules="fsdp") -> dict:
+    """Shardings for the train state: params/frozen by the rules table, optimizer moments like their
+    params (``optax.tree_map_params``), scalars and counters replicated."""
+    rep = NamedSharding(mesh, PartitionSpec())
+    p_sh = sh.param_shardings(abstract_state["params"], mesh, rules)
+    f_sh = sh.param_shardings(abstract_state["frozen"], mesh, rules)
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_state["opt"], p_sh,
+                                   transform_non_params=lambda _: rep)
+    return {"params": p_sh, "frozen": f_sh, "opt": opt_sh, "step": rep, "key": rep}
+
+
+def init_state(model, tx, trainable_filter, mesh, seed: int, rules="fsdp"):
+    """Sharded initial train state for ``model`` -> (graphdef, state, shardings)."""
+    graphdef, params, frozen = split_model(model, trainable_filter)
+    abstract = {"params": params, "frozen": frozen, "opt": jax.eval_shape(tx.init, params),
+                "step": jax.ShapeDtypeStruct((), jnp.int32), "key": jax.ShapeDtypeStruct((2,), jnp.uint32)}
+    shardings = state_shardings(abstract, tx, mesh, rules)
+    params = jax.device_put(params, shardings["params"])
+    frozen = jax.device_put(frozen, shardings["frozen"])
+    opt = jax.jit(tx.init, out_shardings=shardings["opt"])(params)
+    state = {"params": params, "frozen": frozen, "opt": opt,
+             "step": jax.device_put(jnp.int32(0), shardings["step"]),
+             "key": jax.device_put(jax.random.PRNGKey(seed), shardings["key"])}
+    return graphdef, state, shardings
+
+
+def abstract_state(state) -> dict:
+    """ShapeDtypeStruct tree (with shardings) of a concrete train state."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def batch_shardings(mesh, batch: dict, rules="fsdp") -> dict:
+    """Per field ``[accum, B, ...]``: dim 1 over the batch mesh axes (dropped when they don't divide B)."""
+    out = {}
+    for k, v in batch.items():
+        if v.ndim < 2:
+            out[k] = NamedSharding(mesh, PartitionSpec())
+            continue
+        spec = sh.batch_sharding(mesh, v.shape[1:], rules).spec
+        out[k] = NamedSharding(mesh, PartitionSpec(None, *spec))
+    return out
+
+
+def to_global(batch: dict, mesh, global_batch: int, rules="fsdp") -> dict:
+    """Process-local numpy step ``[accum, b_local, ...]`` -> global jax arrays ``[accum, B, ...]``."""
+    shapes = {k: (v.shape[0], global_batch) + v.shape[2:] for k, v in batch.items()}
+    shard = batch_shardings(mesh, {k: _Shape(s) for k, s in shapes.items()}, rules)
+    return {k: jax.make_array_from_process_local_data(shard[k], np.asarray(v), shapes[k]) for k, v in batch.items()}
+
+
+class _Shape:
+    """Shape-only stand-in for :func:`batch_shardings`."""
+
+    def __init__(self, shape):
+        self.shape, self.ndim = tuple(shape), len(shape)
