@@ -35,10 +35,24 @@ _TEXT_BUCKET = 16
 
 
 @dataclasses.dataclass
+class VideoMemory:
+    """The reusable compressed memory of one video: ``[prefix || beacons]`` plus what produced it."""
+
+    kv: KVMemory
+    prompt_ids: np.ndarray  # text ids before the video (the repetition penalty sees them too)
+    frames: int = 0
+    visual_tokens: int = 0
+
+    @property
+    def sizes(self) -> dict:
+        return {k: int(np.asarray(v)[0]) for k, v in self.kv.sizes().items()}
+
+
+@dataclasses.dataclass
 class PrefillResult:
     logits: np.ndarray  # float32 [S, vocab]: the S text tokens after the video (every token if text-only)
     memory: KVMemory  # after the whole prompt: [prefix || beacons || text]
-    video_memory: KVMemory | None = None  # after the visual span only ([prefix || beacons]): reusable
+    video_memory: VideoMemory | None = None  # after the visual span only: reuse it for new questions
     ratios: tuple[int, ...] = ()  # the ratio used for each window
 
     @property
@@ -215,7 +229,7 @@ class VideoXL:
             start += size
             bar.update(size)
         bar.close()
-        video_mem = mem
+        video_mem = VideoMemory(mem, prefix, frames, num_visual)
         logits, mem = self._text(mem, suffix, "text")
         self._record_stats(t_start, c0, r0, frames=frames, visual=num_visual, mem=mem)
         return PrefillResult(np.asarray(logits, np.float32), mem, video_mem, tuple(ratios[i] for i in ratio_idx))
@@ -256,7 +270,7 @@ class VideoXL:
 
     def generate(self, input_ids, pixel_values=None, ratio=None, max_new_tokens: int | None = None, *,
                  do_sample=None, temperature=None, top_k=None, top_p=None, repetition_penalty=None, seed: int = 0,
-                 memory: KVMemory | None = None, stop_ids=None, features=None, progress: bool = False,
+                 memory: VideoMemory | KVMemory | None = None, stop_ids=None, features=None, progress: bool = False,
                  return_logits: bool = False):
         """Generate new token ids (np.int32 1-D, the stop token included if reached).
 
@@ -270,15 +284,18 @@ class VideoXL:
         stops = set(stop_ids) if stop_ids is not None else self.stop_ids()
         t_start = time.perf_counter()
         if memory is not None:
+            if not isinstance(memory, VideoMemory):
+                memory = VideoMemory(memory, np.zeros((0,), np.int32))
             ids = np.asarray(input_ids)
             if (ids == IMAGE_TOKEN_INDEX).any():
                 raise ValueError("with memory=..., input_ids must be the text after the video (no -200 placeholder)")
             c0, r0 = self.engine.compile_s, self.engine.run_s
-            mem = ensure_capacity(memory, int(np.asarray(memory.length)[0]) + len(ids) + max_new + _TEXT_BUCKET)
+            kv = memory.kv
+            mem = ensure_capacity(kv, int(np.asarray(kv.length)[0]) + len(ids) + max_new + _TEXT_BUCKET)
             logits, mem = self._text(mem, ids.astype(np.int32), "text")
             logits = np.asarray(logits, np.float32)
-            self._record_stats(t_start, c0, r0, frames=0, visual=0, mem=mem)
-            seen = ids[ids >= 0]
+            self._record_stats(t_start, c0, r0, frames=memory.frames, visual=memory.visual_tokens, mem=mem)
+            seen = np.concatenate([memory.prompt_ids, ids[ids >= 0]])
         else:
             res = self.prefill(input_ids, pixel_values, ratio, features=features, extra_slots=max_new + _TEXT_BUCKET,
                                progress=progress)
@@ -310,15 +327,22 @@ class VideoXL:
 
     # ------------------------------------------------------------------ memory persistence
 
-    def save_memory(self, path, memory: KVMemory) -> None:
+    def save_memory(self, path, memory: VideoMemory) -> None:
+        """Write a video memory (``PrefillResult.video_memory``) to ``path`` (safetensors)."""
         from vxl_jax.memory_io import save_memory
 
-        save_memory(path, memory, self.cfg)
+        if not isinstance(memory, VideoMemory):
+            memory = VideoMemory(memory, np.zeros((0,), np.int32))
+        save_memory(path, memory.kv, self.cfg, extra={"prompt_ids": [int(i) for i in memory.prompt_ids],
+                                                      "frames": memory.frames,
+                                                      "visual_tokens": memory.visual_tokens})
 
-    def load_memory(self, path) -> KVMemory:
+    def load_memory(self, path) -> VideoMemory:
         from vxl_jax.memory_io import load_memory
 
-        return load_memory(path, self.cfg, dtype=self._dtype)
+        kv, extra = load_memory(path, self.cfg, dtype=self._dtype)
+        return VideoMemory(kv, np.asarray(extra.get("prompt_ids", []), np.int32), int(extra.get("frames", 0)),
+                           int(extra.get("visual_tokens", 0)))
 
 
 def _chunk_sizes(n: int, largest: int = 8) -> list[int]:

@@ -25,19 +25,21 @@ def _geometry(cfg: VideoXLConfig) -> dict:
             "hidden_size": lm.hidden_size, "vocab_size": lm.vocab_size, "rope_theta": lm.rope_theta}
 
 
-def save_memory(path, mem: KVMemory, cfg: VideoXLConfig) -> None:
+def save_memory(path, mem: KVMemory, cfg: VideoXLConfig, extra: dict | None = None) -> None:
+    """``extra``: JSON-able facts stored beside the K/V (e.g. prompt ids, frame count)."""
     if mem.k.shape[1] != 1:
         raise ValueError(f"save_memory stores one prompt's memory (batch 1), got batch {mem.k.shape[1]}")
     n = int(np.asarray(mem.length)[0])
     k = np.asarray(mem.k[:, 0, :n].astype(jnp.float32))
     v = np.asarray(mem.v[:, 0, :n].astype(jnp.float32))
     meta = {"format": FORMAT, "geometry": _geometry(cfg), "dtype": str(mem.k.dtype),
-            "sizes": {key: int(np.asarray(val)[0]) for key, val in mem.sizes().items()}}
+            "sizes": {key: int(np.asarray(val)[0]) for key, val in mem.sizes().items()}, "extra": extra or {}}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file({"k": k, "v": v}, str(path), metadata={"vxl": json.dumps(meta)})
 
 
-def load_memory(path, cfg: VideoXLConfig, dtype=jnp.float32) -> KVMemory:
+def load_memory(path, cfg: VideoXLConfig, dtype=jnp.float32) -> tuple[KVMemory, dict]:
+    """-> (memory, the ``extra`` dict it was saved with)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"memory file not found: {path}")
     from safetensors import safe_open
@@ -55,5 +57,6 @@ def load_memory(path, cfg: VideoXLConfig, dtype=jnp.float32) -> KVMemory:
                          f"this model has {_geometry(cfg)}")
     s = meta["sizes"]
     as_i32 = lambda x: jnp.array([x], jnp.int32)  # noqa: E731
-    return KVMemory(jnp.asarray(arrays["k"], dtype)[:, None], jnp.asarray(arrays["v"], dtype)[:, None],
-                    as_i32(s["total"]), as_i32(s["prefix"]), as_i32(s["beacons"]), as_i32(s["text"]))
+    mem = KVMemory(jnp.asarray(arrays["k"], dtype)[:, None], jnp.asarray(arrays["v"], dtype)[:, None],
+                   as_i32(s["total"]), as_i32(s["prefix"]), as_i32(s["beacons"]), as_i32(s["text"]))
+    return mem, meta.get("extra", {})
