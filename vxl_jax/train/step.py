@@ -84,7 +84,7 @@ class Trainer:
         grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state["params"])
         updates, opt = self.tx.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": loss_sum / denom, "n_tokens": n, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss_sum / denom, "n_tokens": n, "grad_norm": optax.tree.norm(grads),
                    "lr": self.schedule(state["step"]), "input_tokens": input_tokens(batch)}
         new = dict(state, params=params, opt=opt, step=state["step"] + 1)
         return new, metrics
