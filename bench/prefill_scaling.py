@@ -10,7 +10,7 @@ step (8 windows per scan call, vision tower inside) and the suffix step are lowe
 bf16 parameters + KV memory + the step's temp (see estimate_7b). The largest F whose estimate fits 80 GB is solved from the
 measured points (the growth is linear in F: the memory buffer and the scores over it).
 
-    python bench/prefill_scaling.py                # everything (~10 min on 2 CPU cores)
+    python bench/prefill_scaling.py                # everything (~15 min on 2 CPU cores)
     python bench/prefill_scaling.py --skip-7b      # part 1 only
 """
 
@@ -116,13 +116,13 @@ def estimate_7b(frames: int, ratio: int = 16, windows_per_call: int = 8, prompt=
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ratio", type=int, default=8)
-    ap.add_argument("--tiny-frames", default="20,200,2000")
-    ap.add_argument("--mid-frames", default="20,200")
+    ap.add_argument("--tiny-frames", default="20,100,400")
+    ap.add_argument("--mid-frames", default="20,100")
     ap.add_argument("--frames-7b", default="2048,4096,8192")
     ap.add_argument("--skip-7b", action="store_true")
     ap.add_argument("--skip-measure", action="store_true")
     args = ap.parse_args()
-    print(f"backend: {jax.default_backend()}, devices: {jax.device_count()}")
+    print(f"backend: {jax.default_backend()}, devices: {jax.device_count()}", flush=True)
     if not args.skip_measure:
         rows = measure("tiny", VideoXLConfig.from_yaml(os.path.join(ROOT, "configs", "tiny.yaml")),
                        [int(x) for x in args.tiny_frames.split(",")], args.ratio)
