@@ -43,9 +43,9 @@ class Checkpoints:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        items = self.mngr.item_metadata(step)
         args = {"state": ocp.args.StandardRestore(abstract_state)}
-        has_data = items is not None and "data" in items and items["data"] is not None
+        # (item_metadata() reports None for items without a registered handler: look at the folder)
+        has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
         if has_data:
             args["data"] = ocp.args.JsonRestore()
         out = self.mngr.restore(step, args=ocp.args.Composite(**args))

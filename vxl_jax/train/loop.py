@@ -173,6 +173,8 @@ def run(config_path: str, overrides: list[str] | None = None, export: str | None
         state, data_state, start = ckpt.restore(st.abstract_state(state))
         if data_state is not None:
             loader.set_state(data_state)
+        else:
+            log.warning("checkpoint step %d has no data-iterator state: the data order restarts", start)
         log.info("resumed from step %d (%s)", start, ckpt.directory)
     trainer = st.Trainer(graphdef, tx, optim.lr_schedule(tcfg), ratios, cfg.runtime.remat, mesh, shardings,
                          keep_memory=tcfg.keep_memory).compile()
