@@ -88,6 +88,8 @@ def main(argv=None):
     p.add_argument("--n-eval", type=int, default=64)
     p.add_argument("--workdir", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-std", type=float, default=0.1,
+                   help="random init std (0.02 lets the tiny model collapse onto the colour prior)")
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
     from vxl_jax.checkpoint import load_converted
@@ -104,7 +106,7 @@ def main(argv=None):
     overrides = [f"train.steps={a.steps}", f"train.batch_size={a.batch}", f"train.lr={a.lr}", "train.warmup_ratio=0.05",
                  "train.min_lr_ratio=0.1", f"train.ratios={ratios}", "train.eval_ratio=8" if 8 in ratios else
                  f"train.eval_ratio={ratios[0]}", "train.eval_every=0", "train.log_every=50",
-                 f"train.workdir={os.path.join(work, 'run')}", f"train.seed={a.seed}",
+                 f"train.workdir={os.path.join(work, 'run')}", f"train.seed={a.seed}", f"train.init_std={a.init_std}",
                  f"data.train={data['train']}", f"data.eval=null", f"data.video_folder={data['video_folder']}",
                  "data.frames_upbound=30", f"checkpoint.every={max(a.steps, 1)}"]
     summary = run(CONFIG, overrides)
@@ -118,7 +120,7 @@ def main(argv=None):
     acc_cut = colour_accuracy(model, records, spec, 8, keep_memory=False)
     t_eval = time.time() - t1
     k = max(1, min(20, len(metrics) // 10))
-    res = {"steps": a.steps, "batch": a.batch, "train_ratios": ratios, "train_time_s": round(summary["train_time_s"], 1),
+    res = {"steps": a.steps, "batch": a.batch, "init_std": a.init_std, "lr": a.lr, "train_ratios": ratios, "train_time_s": round(summary["train_time_s"], 1),
            "data_time_s": round(t_data, 1), "eval_time_s": round(t_eval, 1),
            "loss_first": float(np.mean([m["loss"] for m in metrics[:k]])),
            "loss_last": float(np.mean([m["loss"] for m in metrics[-k:]])),

@@ -15,7 +15,8 @@ class TrainConfig:
     """Optimisation. ``batch_size`` is the global batch per micro-step; one optimizer step sees
     ``batch_size * accum`` records. ``trainable``: ``all`` (stage 2), ``projector`` (stage 1),
     ``projector+lm``, ``lm``; ``freeze_vision`` additionally freezes CLIP. ``ratios``: per-window
-    compression ratios drawn uniformly (empty = ``model.beacon.ratios``)."""
+    compression ratios drawn uniformly (empty = ``model.beacon.ratios``). ``init_std``: std of the random init
+    (when not starting from ``checkpoint.init_from``)."""
 
     steps: int = 20
     batch_size: int = 2
@@ -33,6 +34,7 @@ class TrainConfig:
     ratios: tuple[int, ...] = ()
     eval_ratio: int = 8
     seed: int = 0
+    init_std: float = 0.02
     log_every: int = 1
     eval_every: int = 10
     eval_batches: int = 2

@@ -87,7 +87,7 @@ def build_model(cfg, tcfg, ccfg):
         return model
     from vxl_jax.model import random_model
 
-    return random_model(cfg, seed=tcfg.seed)
+    return random_model(cfg, seed=tcfg.seed, std=tcfg.init_std)
 
 
 def _write(f, rec: dict):
