@@ -14,6 +14,12 @@ memory cut off (``windowed_loss(..., keep_memory=False)``: windows run but appen
     python bench/memory_task.py                 # full run (report numbers)
     python bench/memory_task.py --steps 30      # quick check
 Prints a table: steps, train time, first/last loss, accuracy with memory, accuracy without.
+
+Measured (2-core CPU shared with other jobs, 2026-11-23; defaults: 1500 steps, batch 8, lr 3e-3,
+init std 0.1, 1024 training videos, ratio 8): train 712 s, loss 4.57 -> 0.000, held-out accuracy
+100.0% (64 videos) with the memory vs 23.4% with the memory cut off (chance 25%). With init std
+0.02 the tiny model collapsed onto the colour prior (28-33% after 1000-1200 steps); std 0.1 with
+512 videos and 800 steps gave 62.5% (memory cut: 29.7%).
 """
 
 from __future__ import annotations
@@ -80,11 +86,11 @@ def colour_accuracy(model, records, spec, ratio: int, keep_memory: bool) -> floa
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--ratios", default="8", help="training ratios, comma separated (evaluation uses 8)")
-    p.add_argument("--n-train", type=int, default=512)
+    p.add_argument("--n-train", type=int, default=1024)
     p.add_argument("--n-eval", type=int, default=64)
     p.add_argument("--workdir", default=None)
     p.add_argument("--seed", type=int, default=0)
