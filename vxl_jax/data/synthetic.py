@@ -5,7 +5,7 @@ Each video is ``seconds`` long at ``fps``, mostly random grey frames; during one
 sampling) the whole frame is one of :data:`COLOURS`. The question asks that colour; the answer is
 its name (whose first tokens are distinct in the tiny tokenizer). Videos are written with PyAV.
 
-    paths = make_colour_dataset("/tmp/vxl_data", n_train=16, n_eval=8)
+    paths = make_colour_dataset("runs/colour_data", n_train=16, n_eval=8)
     # {"train": ".../train.json", "eval": ".../eval.json", "video_folder": ".../videos"}
 
 Layout: ``<root>/videos/*.mp4``, ``<root>/images/*.png``, ``<root>/train.json``, ``<root>/eval.json``.
