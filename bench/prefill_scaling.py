@@ -59,7 +59,7 @@ def measure(name: str, cfg: VideoXLConfig, frames_list, ratio: int):
         t = time.perf_counter()
         res = vx.prefill(ids, px, ratio=ratio)
         run = time.perf_counter() - t
-        comp = sum(s for s in [vx.engine.compile_s])
+        comp = vx.engine.compile_s
         mems = vx.engine.compiled_memory()["windows"]
         peak = max(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
                    for m in mems)
