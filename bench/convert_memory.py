@@ -29,6 +29,7 @@ sys.path.insert(0, ROOT)
 
 from vxl_jax.config import CLIP_VIT_L14_336, LMConfig, from_hf_config, to_hf_config, vision_to_hf  # noqa: E402
 from vxl_jax.convert import names as N  # noqa: E402
+from vxl_jax.convert.convert import plan_shards  # noqa: E402
 from vxl_jax.convert.writers import SafetensorsWriter  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -54,16 +55,7 @@ def build(folder: str, layers: int, shard_bytes: int, fmt: str = "safetensors") 
     hf["model_type"] = "qwen2"  # as the released config.json
     cfg = from_hf_config(hf, vision=CLIP_VIT_L14_336)
     table = N.build_table(cfg)
-    specs = [(n, e.torch_shape, BF16) for n, e in table.items()]
-    shards, cur, size = [], [], 0
-    for s in specs:
-        b = int(np.prod(s[1])) * 2
-        if cur and size + b > shard_bytes:
-            shards.append(cur)
-            cur, size = [], 0
-        cur.append(s)
-        size += b
-    shards.append(cur)
+    shards = plan_shards([(n, e.torch_shape, BF16) for n, e in table.items()], shard_bytes)
     os.makedirs(folder)
     weight_map, total = {}, 0
     if fmt == "bin":  # torch.save needs one shard's tensors in memory (~shard size)
@@ -92,7 +84,7 @@ def build(folder: str, layers: int, shard_bytes: int, fmt: str = "safetensors") 
         json.dump(hf, f)
     with open(os.path.join(folder, "vision_tower_config.json"), "w") as f:
         json.dump(vision_to_hf(cfg.vision), f)
-    n_params = sum(int(np.prod(s[1])) for s in specs)
+    n_params = sum(int(np.prod(spec[1])) for shard in shards for spec in shard)
     return total, n_params
 
 

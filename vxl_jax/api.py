@@ -45,7 +45,7 @@ class VideoMemory:
 
     @property
     def sizes(self) -> dict:
-        return {k: int(np.asarray(v)[0]) for k, v in self.kv.sizes().items()}
+        return self.kv.host_sizes()
 
 
 @dataclasses.dataclass
@@ -57,7 +57,7 @@ class PrefillResult:
 
     @property
     def sizes(self) -> dict:
-        return {k: int(np.asarray(v)[0]) for k, v in self.memory.sizes().items()}
+        return self.memory.host_sizes()
 
 
 def _round_up(n: int, m: int) -> int:
@@ -235,9 +235,9 @@ class VideoXL:
         return PrefillResult(np.asarray(logits, np.float32), mem, video_mem, tuple(ratios[i] for i in ratio_idx))
 
     def _record_stats(self, t_start, c0, r0, *, frames, visual, mem):
+        sizes = mem.host_sizes()
         self.stats = {
-            "frames": frames, "visual_tokens": visual, "kept_kv": int(np.asarray(mem.length)[0]),
-            "memory_sizes": {k: int(np.asarray(v)[0]) for k, v in mem.sizes().items()},
+            "frames": frames, "visual_tokens": visual, "kept_kv": sizes["total"], "memory_sizes": sizes,
             "compile_s": self.engine.compile_s - c0, "run_s": self.engine.run_s - r0,
             "wall_s": time.perf_counter() - t_start, "peak_mem_bytes": _peak_memory_bytes(),
         }

@@ -11,8 +11,9 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from vxl_jax.model.rope import rope_tables
+from vxl_jax.model.rope import rope_tables, rotate
 
 
 @flax.struct.dataclass
@@ -37,15 +38,15 @@ class KVMemory:
     def sizes(self) -> dict:
         return {"prefix": self.n_prefix, "beacons": self.n_beacons, "text": self.n_text, "total": self.length}
 
+    def host_sizes(self, index: int = 0) -> dict:
+        """Python ints of :meth:`sizes` for batch row ``index``."""
+        return {k: int(np.asarray(v)[index]) for k, v in self.sizes().items()}
+
 
 def rotate_at(k, slots, head_dim: int, theta: float):
     """k [L, B, T, KV, Dh] pre-RoPE -> rotated with positions ``slots`` [B, T]."""
     cos, sin = rope_tables(slots, head_dim, theta)
-    cos = cos[None, :, :, None, :].astype(k.dtype)
-    sin = sin[None, :, :, None, :].astype(k.dtype)
-    half = k.shape[-1] // 2
-    rotated = jnp.concatenate([-k[..., half:], k[..., :half]], axis=-1)
-    return k * cos + rotated * sin
+    return rotate(k, cos[None, :, :, None, :], sin[None, :, :, None, :])
 
 
 def append(mem: KVMemory, k_pre, v, count, *, theta: float, kind: str) -> KVMemory:

@@ -33,7 +33,7 @@ def save_memory(path, mem: KVMemory, cfg: VideoXLConfig, extra: dict | None = No
     k = np.asarray(mem.k[:, 0, :n].astype(jnp.float32))
     v = np.asarray(mem.v[:, 0, :n].astype(jnp.float32))
     meta = {"format": FORMAT, "geometry": _geometry(cfg), "dtype": str(mem.k.dtype),
-            "sizes": {key: int(np.asarray(val)[0]) for key, val in mem.sizes().items()}, "extra": extra or {}}
+            "sizes": mem.host_sizes(), "extra": extra or {}}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file({"k": k, "v": v}, str(path), metadata={"vxl": json.dumps(meta)})
 

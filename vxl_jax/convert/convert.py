@@ -344,6 +344,21 @@ def _task_bytes(t: Task, ck: Checkpoint) -> int:
 # ------------------------------------------------------------------------------------ ours -> torch
 
 
+def plan_shards(specs: list[tuple], max_shard_bytes: int) -> list[list[tuple]]:
+    """Group ``(name, shape, dtype)`` specs, in order, into shards of at most ``max_shard_bytes``
+    (a single larger tensor gets a shard of its own)."""
+    shards, cur, size = [], [], 0
+    for spec in specs:
+        b = int(np.prod(spec[1], dtype=np.int64)) * np.dtype(spec[2]).itemsize
+        if cur and size + b > max_shard_bytes:
+            shards.append(cur)
+            cur, size = [], 0
+        cur.append(spec)
+        size += b
+    shards.append(cur)
+    return shards
+
+
 def export_torch(src: str, dst: str, dtype: str | None = None, max_shard_bytes: int = 5 << 30,
                  progress: bool = True) -> dict:
     """Write our converted folder ``src`` as a released-layout PyTorch folder ``dst`` (safetensors)."""
@@ -358,15 +373,7 @@ def export_torch(src: str, dst: str, dtype: str | None = None, max_shard_bytes: 
     table = N.build_table(cfg)
     get = read_params(src, cfg)  # path, layer -> numpy (one slice at a time where the layout allows)
     specs = [(n, e.torch_shape, out_dt) for n, e in table.items()]
-    shards, cur, size = [], [], 0
-    for s in specs:
-        b = int(np.prod(s[1], dtype=np.int64)) * out_dt.itemsize
-        if cur and size + b > max_shard_bytes:
-            shards.append(cur)
-            cur, size = [], 0
-        cur.append(s)
-        size += b
-    shards.append(cur)
+    shards = plan_shards(specs, max_shard_bytes)
     tmp = _fresh_tmp(dst)
     try:
         names = (["model.safetensors"] if len(shards) == 1

@@ -18,10 +18,13 @@ def rope_tables(positions, head_dim: int, theta: float):
     return jnp.cos(emb), jnp.sin(emb)
 
 
-def apply_rope(x, cos, sin):
-    """x [B, T, heads, D]; cos/sin [B, T, D] fp32 (cast to x's dtype, as the original does)."""
-    cos = cos[:, :, None, :].astype(x.dtype)
-    sin = sin[:, :, None, :].astype(x.dtype)
+def rotate(x, cos, sin):
+    """``x * cos + rotate_half(x) * sin``; cos/sin broadcast against x and are cast to x's dtype."""
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
+    return x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)
+
+
+def apply_rope(x, cos, sin):
+    """x [B, T, heads, D]; cos/sin [B, T, D] fp32 (cast to x's dtype, as the original does)."""
+    return rotate(x, cos[:, :, None, :], sin[:, :, None, :])
