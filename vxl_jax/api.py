@@ -22,16 +22,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vxl_jax.config import ConfigError, VideoXLConfig
+from vxl_jax.decode import stop_mask
 from vxl_jax.engine import Engine
 from vxl_jax.memory import KVMemory
 from vxl_jax.model import VideoXLModel
 from vxl_jax.model.layers import dtype_of
-from vxl_jax.sampling import SamplingParams, choose
+from vxl_jax.sampling import SamplingParams, seen_mask
 
 IMAGE_TOKEN_INDEX = -200
 DEFAULT_RATIO = 8
 _SLOT_BUCKET = 256  # memory capacity and prompt lengths are rounded up to limit recompilation
 _TEXT_BUCKET = 16
+DECODE_CHUNK = 16  # tokens per compiled decode call (the streaming granularity)
 
 
 @dataclasses.dataclass
@@ -271,8 +273,13 @@ class VideoXL:
     def generate(self, input_ids, pixel_values=None, ratio=None, max_new_tokens: int | None = None, *,
                  do_sample=None, temperature=None, top_k=None, top_p=None, repetition_penalty=None, seed: int = 0,
                  memory: VideoMemory | KVMemory | None = None, stop_ids=None, features=None, progress: bool = False,
-                 return_logits: bool = False):
+                 return_logits: bool = False, stream=None, chunk: int = DECODE_CHUNK):
         """Generate new token ids (np.int32 1-D, the stop token included if reached).
+
+        Decoding runs on device, ``chunk`` tokens per compiled call; ``stream``, if given, is called
+        with each call's new ids (np.int32 1-D) as they arrive. ``seed`` seeds the draws
+        (``jax.random.PRNGKey(seed)``). ``return_logits``: also the fp32 [n, V] logits each token was
+        chosen from (before the logits processors).
 
         With ``memory`` (a saved video memory: prefix + beacons), ``input_ids`` are only the text that
         follows the video (e.g. "\\n{question}<|im_end|>\\n<|im_start|>assistant\\n"): nothing is re-encoded.
@@ -302,28 +309,45 @@ class VideoXL:
             logits, mem = res.logits, res.memory
             ids = np.asarray(input_ids)
             seen = ids[ids >= 0]
-        rng = np.random.default_rng(seed)
-        out, step_logits = [], []
         c0, r0 = self.engine.compile_s, self.engine.run_s
         bar = tqdm(total=max_new, desc="generate", unit="tok", disable=not progress, leave=False)
-        last = logits[-1]
-        for i in range(max_new):
-            step_logits.append(last)
-            tok = choose(last, np.concatenate([seen, np.asarray(out, np.int64)]), params, rng)
-            out.append(tok)
-            bar.update(1)
-            if tok in stops or i == max_new - 1:
-                break  # the last token is never fed back (as the original)
-            lg, mem = self.engine.text(mem, jnp.array([[tok]], jnp.int32), jnp.array([1], jnp.int32), kind="text",
-                                       donate=True)
-            last = np.asarray(lg[0, 0], np.float32)
+
+        def on_chunk(new):
+            bar.update(len(new))
+            if stream is not None:
+                stream(new)
+
+        out, step_logits, mem = self._decode(mem, logits[-1], seen, params=params, stops=stops, max_new=max_new,
+                                             seed=seed, chunk=chunk, return_logits=return_logits, on_chunk=on_chunk)
         bar.close()
         self.stats.update({"generated": len(out), "decode_compile_s": self.engine.compile_s - c0,
                            "decode_run_s": self.engine.run_s - r0, "kept_kv": int(np.asarray(mem.length)[0]),
                            "peak_mem_bytes": _peak_memory_bytes()})
         self.last_memory = mem
-        result = np.asarray(out, np.int32)
-        return (result, np.stack(step_logits)) if return_logits else result
+        return (out, step_logits) if return_logits else out
+
+    def _decode(self, mem: KVMemory, last, seen_ids, *, params: SamplingParams, stops, max_new: int, seed: int,
+                chunk: int, return_logits: bool, on_chunk=None):
+        """Chunked on-device decoding from the last prompt logits [V] -> (ids int32 [n], fp32 [n, V]
+        step logits or None, memory). ``seen_ids``: the ids the repetition penalty starts from."""
+        vocab = int(np.shape(last)[-1])
+        state = (jnp.asarray(last, jnp.float32)[None], seen_mask(np.asarray(seen_ids), vocab)[None],
+                 jax.random.PRNGKey(seed))
+        stops = stop_mask(stops, vocab)
+        out, step_logits, done = [], [], False
+        while not done:
+            toks, n, done, mem, seen, key, last, lg = self.engine.decode(
+                mem, *state, stops, jnp.int32(max_new - sum(map(len, out))), params=params, chunk=chunk,
+                return_logits=return_logits)
+            state = (last, seen, key)
+            n, done = int(n), bool(done)
+            out.append(np.asarray(toks[:n], np.int32))
+            if return_logits:
+                step_logits.append(np.asarray(lg[:n], np.float32))
+            if on_chunk is not None:
+                on_chunk(out[-1])
+        ids = np.concatenate(out)
+        return ids, (np.concatenate(step_logits) if return_logits else None), mem
 
     # ------------------------------------------------------------------ memory persistence
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vxl_jax.beacon.windows import compress_windows
+from vxl_jax.decode import decode_chunk
 from vxl_jax.memory import KVMemory, append
 
 
@@ -72,6 +73,13 @@ class Engine:
 
     def text(self, mem: KVMemory, ids, n, kind: str = "text", donate: bool = False):
         return self._run("text", _text_chunk, {"kind": kind}, self.state, mem, ids, n, donate=(1,) if donate else ())
+
+    def decode(self, mem: KVMemory, last, seen, key, stops, remaining, *, params, chunk: int,
+               return_logits: bool = False):
+        """Up to ``chunk`` tokens in one compiled loop (:func:`vxl_jax.decode.decode_chunk`); the memory
+        and the seen mask are donated. One compilation per memory capacity, chunk and sampling setting."""
+        return self._run("decode", decode_chunk, {"params": params, "chunk": chunk, "return_logits": return_logits},
+                         self.state, mem, last, seen, key, stops, remaining, donate=(1, 3))
 
     def windows(self, mem, windows, n_valid, ratio_idx, *, ratios, from_pixels: bool, keep: bool = True):
         return self._run("windows", _windows, {"ratios": tuple(ratios), "from_pixels": from_pixels, "keep": keep},

@@ -1,10 +1,15 @@
-"""Next-token choice on the host, following HF's logits processors in their order:
-repetition penalty, then temperature, top-k, top-p (sampling only), then argmax or a draw."""
+"""Next-token choice following HF's logits processors in their order: repetition penalty, then
+temperature, top-k, top-p (sampling only), then argmax or a draw.
+
+Two implementations with the same semantics: numpy on the host (``choose``, the reference) and JAX
+on device (``choose_jax``, used inside the compiled decode loop of :mod:`vxl_jax.decode`)."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -65,3 +70,53 @@ def choose(logits: np.ndarray, seen: np.ndarray, p: SamplingParams, rng: np.rand
     probs = np.exp(scores - scores.max())
     probs /= probs.sum()
     return int(rng.choice(probs.shape[-1], p=probs))
+
+
+# ---------------------------------------------------------------------------- on device (JAX)
+
+
+def seen_mask(ids, vocab: int) -> jax.Array:
+    """ids [N] (any ints; those outside [0, vocab) ignored) -> bool [vocab], True where an id occurs."""
+    ids = jnp.asarray(ids, jnp.int32).reshape(-1)
+    target = jnp.where((ids >= 0) & (ids < vocab), ids, vocab)
+    return jnp.zeros((vocab,), bool).at[target].set(True, mode="drop")
+
+
+def _divide(x: jax.Array, c: float) -> jax.Array:
+    """x / c rounded as numpy does. XLA turns a division by a broadcast scalar into a multiply by its
+    reciprocal (1 ulp off); a full-shaped divisor behind an optimization barrier keeps a true division."""
+    return x / jax.lax.optimization_barrier(jnp.full(x.shape, c, x.dtype))
+
+
+def repetition_penalty_jax(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
+    """logits [..., V], seen bool [..., V]: seen negative logits times ``penalty``, positive ones divided."""
+    if penalty == 1.0:
+        return logits
+    return jnp.where(seen, jnp.where(logits < 0, logits * penalty, _divide(logits, penalty)), logits)
+
+
+def warp_jax(logits: jax.Array, p: SamplingParams) -> jax.Array:
+    """Temperature, top-k, top-p on logits [..., V] exactly as :func:`warp` (filtered entries -> -inf)."""
+    out = _divide(logits, p.temperature) if p.temperature != 1.0 else logits
+    if p.top_k and p.top_k < out.shape[-1]:
+        kth = jax.lax.top_k(out, p.top_k)[0][..., -1:]
+        out = jnp.where(out < kth, -jnp.inf, out)
+    if p.top_p < 1.0:
+        order = jnp.argsort(out, axis=-1, stable=True)  # ascending, as HF
+        sorted_logits = jnp.take_along_axis(out, order, axis=-1)
+        probs = jnp.exp(sorted_logits - sorted_logits[..., -1:])
+        probs = probs / probs.sum(-1, keepdims=True)
+        remove = jnp.cumsum(probs, axis=-1) <= 1.0 - p.top_p
+        remove = remove.at[..., -1].set(False)  # keep at least one token
+        removed = jnp.zeros_like(remove)
+        removed = jnp.put_along_axis(removed, order, remove, axis=-1, inplace=False)
+        out = jnp.where(removed, -jnp.inf, out)
+    return out
+
+
+def choose_jax(logits: jax.Array, seen: jax.Array, p: SamplingParams, key: jax.Array) -> jax.Array:
+    """logits [..., V] fp32, seen bool [..., V], PRNG key -> next ids [...] int32 (argmax or a draw)."""
+    scores = repetition_penalty_jax(logits.astype(jnp.float32), seen, p.repetition_penalty)
+    if not p.do_sample:
+        return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, warp_jax(scores, p), axis=-1).astype(jnp.int32)
