@@ -20,9 +20,10 @@ def ids():
     return jnp.asarray(np.random.default_rng(0).integers(3, 500, (2, 40)), jnp.int32)
 
 
-def test_dot_product_backend_equals_xla(tiny_cfg, ids):
+@pytest.mark.parametrize("backend", ["dot_product", "reference"])
+def test_dense_backends_equal_xla(tiny_cfg, ids, backend):
     ref = _logits(tiny_cfg, ids)
-    other = _logits(tiny_cfg.with_runtime(attention="dot_product"), ids)
+    other = _logits(tiny_cfg.with_runtime(attention=backend), ids)
     np.testing.assert_allclose(other, ref, atol=2e-5, rtol=0)
 
 
@@ -34,7 +35,7 @@ def test_query_blocking_is_exact(monkeypatch):
     mask = jnp.asarray(rng.random((2, 300, 350)) < 0.7)
     full = attention._xla_attention(q, k, v, mask, 8 ** -0.5)
     monkeypatch.setattr(attention, "QUERY_BLOCK", 64)
-    blocked = attention.attend(q, k, v, mask)
+    blocked = attention.dense_attention(q, k, v, mask, 8 ** -0.5)
     np.testing.assert_allclose(np.asarray(blocked), np.asarray(full), atol=1e-6, rtol=0)
 
 

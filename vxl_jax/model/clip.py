@@ -32,7 +32,7 @@ class CLIPLayer(nnx.Module):
 
     def __call__(self, x, attention: str):
         h = self.norm1(x)
-        a = attend(self.q(h), self.k(h), self.v(h), None, backend=attention)
+        a = attend(self.q(h), self.k(h), self.v(h), causal=False, backend=attention)
         x = x + self.o(a)
         return x + self.fc2(quick_gelu(self.fc1(self.norm2(x))))
 

@@ -2,6 +2,7 @@
 
 A chunk of T new tokens attends to ``[memory (M slots, first mem_len valid) || chunk]``:
 memory columns are visible when ``slot < mem_len``; chunk columns causally (and only if valid).
+With the default ``xla`` backend only the filled slots are read (:mod:`vxl_jax.model.blocked`).
 Memory keys are stored already rotated with their memory index, so nothing is re-rotated.
 Positions of the chunk are given by the caller (``mem_len + t`` on the release path).
 
@@ -65,31 +66,18 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, rngs)
         self.mlp = MLP(cfg, dtype, rngs)
 
-    def __call__(self, x, *, cos, sin, mask, beacon_mask, mem_k, mem_v, attention: str):
-        """x [B, T, D]; cos/sin [B, T, Dh]; mask [B, T, M + T]; mem_k/mem_v [B, M, KV, Dh] or None.
+    def __call__(self, x, *, cos, sin, valid, beacon_mask, mem_k, mem_v, mem_len, attention: str):
+        """x [B, T, D]; cos/sin [B, T, Dh]; valid [B, T]; mem_k/mem_v [B, M, KV, Dh] or None, mem_len [B].
 
         Returns (x [B, T, D], k_pre_rope [B, T, KV, Dh], v [B, T, KV, Dh]).
         """
         q, k, v = self.attn.qkv(self.input_norm(x), beacon_mask)
         q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if mem_k is not None:
-            keys = jnp.concatenate([mem_k.astype(k.dtype), k_rot], axis=1)
-            values = jnp.concatenate([mem_v.astype(v.dtype), v], axis=1)
-        else:
-            keys, values = k_rot, v
-        a = attend(q_rot, keys, values, mask, backend=attention)
+        a = attend(q_rot, k_rot, v, valid=valid, causal=True, mem_k=mem_k, mem_v=mem_v, mem_len=mem_len,
+                   backend=attention)
         x = x + checkpoint_name(self.attn.o(a), "out_proj")
         x = x + self.mlp(self.post_attn_norm(x))
         return x, k, v
-
-
-def chunk_mask(mem_len, mem_slots: int, valid):
-    """[B, T, M + T] bool: memory slot j visible iff j < mem_len[b]; chunk key t' iff t' <= t and valid."""
-    B, T = valid.shape
-    mem = jnp.arange(mem_slots)[None, None, :] < mem_len[:, None, None]
-    mem = jnp.broadcast_to(mem, (B, T, mem_slots))
-    causal = jnp.tril(jnp.ones((T, T), bool))[None] & valid[:, None, :]
-    return jnp.concatenate([mem, causal], axis=-1)
 
 
 class Qwen2LM(nnx.Module):
@@ -122,16 +110,14 @@ class Qwen2LM(nnx.Module):
         B, T, _ = x.shape
         if valid is None:
             valid = jnp.ones((B, T), bool)
-        M = 0 if mem_k is None else mem_k.shape[2]
         if mem_len is None:
             mem_len = jnp.zeros((B,), jnp.int32)
-        mask = chunk_mask(mem_len, M, valid)
         cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
 
         def step(layer, h, mem):
             mk, mv = (None, None) if mem is None else mem
-            h, k, v = layer(h, cos=cos, sin=sin, mask=mask, beacon_mask=beacon_mask, mem_k=mk, mem_v=mv,
-                            attention=attention)
+            h, k, v = layer(h, cos=cos, sin=sin, valid=valid, beacon_mask=beacon_mask, mem_k=mk, mem_v=mv,
+                            mem_len=mem_len, attention=attention)
             return h, (k, v)
 
         mem = None if mem_k is None else (mem_k, mem_v)
