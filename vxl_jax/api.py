@@ -6,7 +6,8 @@
 
 ``input_ids`` are 1-D token ids with exactly one ``-200`` placeholder where the video goes (or none:
 text only). ``pixel_values`` are preprocessed float32 frames [F, 3, 336, 336], or raw uint8 frames
-[F, H, W, 3] (CLIP-preprocessed here).
+[F, H, W, 3] (CLIP-preprocessed here: resized and cropped on the host per scan call, sent to the device
+as uint8 and normalized there; :func:`vxl_jax.preprocess.resize_crop_frames` output is taken as is).
 """
 
 from __future__ import annotations
@@ -110,10 +111,18 @@ class VideoXL:
     def _dtype(self):
         return dtype_of(self.cfg.runtime.compute_dtype)
 
-    def _pixels(self, pixel_values) -> np.ndarray:
+    def _pixels(self, pixel_values, keep_uint8: bool = False) -> np.ndarray:
+        """-> float32 preprocessed frames [F, 3, S, S]. Raw uint8 frames [F, H, W, 3] (or one [H, W, 3]) are
+        CLIP-preprocessed here, or with ``keep_uint8`` returned as given (checked, not copied) for
+        :meth:`_window_chunk` to resize per scan call. float32 input is not copied."""
         px = np.asarray(pixel_values)
         v = self.cfg.vision
-        if px.ndim == 4 and px.dtype == np.uint8 and px.shape[-1] == 3:
+        if px.ndim in (3, 4) and px.dtype == np.uint8 and px.shape[-1] == 3:
+            px = px if px.ndim == 4 else px[None]
+            if px.shape[0] == 0 or min(px.shape[1:3]) < 1:
+                raise ValueError(f"pixel_values has no frames or an empty frame size: {px.shape}")
+            if keep_uint8:
+                return px
             from vxl_jax.preprocess import preprocess_frames
 
             px = preprocess_frames(px, size=v.image_size)
@@ -125,7 +134,21 @@ class VideoXL:
                 f"[F, H, W, 3], got {px.dtype} {px.shape}")
         if px.shape[0] == 0:
             raise ValueError("pixel_values has zero frames")
-        return px.astype(np.float32)
+        return px.astype(np.float32, copy=False)
+
+    def _window_chunk(self, source: np.ndarray, first: int, windows: int, per_window: int) -> jax.Array:
+        """Rows ``[first * per_window, (first + windows) * per_window)`` of the video input, zero-padded past its
+        end -> device array [windows, 1, per_window, *row]. Raw uint8 frames are resized + center-cropped here
+        and stay uint8 [.., S, S, 3] (normalized on device); float frames / features go in the compute dtype."""
+        rows = source[first * per_window:(first + windows) * per_window]
+        if source.dtype == np.uint8:
+            from vxl_jax.preprocess import resize_crop_frames
+
+            rows = resize_crop_frames(rows, size=self.cfg.vision.image_size)
+        if len(rows) < windows * per_window:  # only the last scan call
+            rows = np.concatenate([rows, np.zeros((windows * per_window - len(rows), *rows.shape[1:]), rows.dtype)])
+        dtype = np.uint8 if rows.dtype == np.uint8 else self._dtype
+        return jnp.asarray(rows.reshape(windows, 1, per_window, *rows.shape[1:]), dtype)
 
     def _ratio_schedule(self, ratio, num_visual: int) -> tuple[tuple[int, ...], np.ndarray]:
         """-> (distinct ratios, per-window index). ``ratio``: int, or a list for step-random mode."""
@@ -201,7 +224,7 @@ class VideoXL:
             feats = np.asarray(features, np.float32)
             num_visual, frames = feats.shape[0], 0
         else:
-            px = self._pixels(pixel_values)
+            px = self._pixels(pixel_values, keep_uint8=True)  # raw uint8 frames are resized per scan call
             frames = px.shape[0]
             num_visual = frames * b.tokens_per_frame
         ratios, ratio_idx = self._ratio_schedule(ratio, num_visual)
@@ -212,20 +235,14 @@ class VideoXL:
             _, mem = self._text(mem, prefix, "prefix")
 
         counts = np.clip(num_visual - np.arange(n_windows) * b.window, 0, b.window).astype(np.int32)
-        if features is not None:
-            pad = n_windows * b.window - num_visual
-            inputs = np.concatenate([feats, np.zeros((pad, feats.shape[1]), np.float32)])
-            inputs = inputs.reshape(n_windows, 1, b.window, feats.shape[1])
-        else:
-            fpw = b.frames_per_window
-            pad = n_windows * fpw - frames
-            inputs = np.concatenate([px, np.zeros((pad, *px.shape[1:]), np.float32)])
-            inputs = inputs.reshape(n_windows, 1, fpw, *px.shape[1:])
+        # Window inputs are prepared per scan call (no full padded copy of the video on the host).
+        source, per_window = (feats, b.window) if features is not None else (px, b.frames_per_window)
         bar = tqdm(total=n_windows, desc="windows", unit="win", disable=not progress, leave=False)
         start = 0
         for size in _chunk_sizes(n_windows):
             sl = slice(start, start + size)
-            mem = self.engine.windows(mem, jnp.asarray(inputs[sl], self._dtype), jnp.asarray(counts[sl][:, None]),
+            inputs = self._window_chunk(source, start, size, per_window)
+            mem = self.engine.windows(mem, inputs, jnp.asarray(counts[sl][:, None]),
                                       jnp.asarray(ratio_idx[sl]), ratios=ratios, from_pixels=features is None,
                                       keep=keep_memory)
             start += size

@@ -7,6 +7,10 @@ Bit-for-bit the same as transformers' ``CLIPImageProcessor`` (PIL backend) for u
 3. rescale: ``uint8 -> float64 * (1/255) -> float32``;
 4. normalize in float32: ``(x - mean) / std`` (3 and 4 are done as an exact 256-entry table lookup);
 5. channels first.
+
+Steps 1-2 (:func:`resize_crop_frames`) run on the host and keep uint8 [F, S, S, 3]; steps 3-5
+(:func:`normalize_frames`, the same table as a gather) run on the device, so frames travel as uint8.
+:func:`preprocess_frames` does all five on the host (float32 [F, 3, S, S]).
 """
 
 from __future__ import annotations
@@ -69,9 +73,41 @@ def normalize_table(mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
     return ((levels[None, :] - mean32[:, None]) / std32[:, None]).astype(np.float32)
 
 
+def _run_frames(n: int, one, progress: bool, threads: int | None, desc: str) -> None:
+    """Call ``one(i)`` for i < n on ``threads`` threads (default min(8, CPUs); PIL releases the GIL)."""
+    workers = threads or min(8, os.cpu_count() or 1)
+    bar = tqdm(total=n, desc=desc, unit="frame", disable=not progress, leave=False)
+    if workers <= 1 or n == 1:
+        for i in range(n):
+            one(i)
+            bar.update(1)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(one, range(n)):
+                bar.update(1)
+    bar.close()
+
+
+def resize_crop_frames(frames, size: int = CLIP_SIZE, progress: bool = False, threads: int | None = None) -> np.ndarray:
+    """uint8 RGB frames [F, H, W, 3] (or one [H, W, 3]) -> uint8 [F, size, size, 3] (steps 1-2, threaded).
+
+    Idempotent: frames that are already ``size`` x ``size`` are returned as they are (not copied).
+    """
+    x = _as_frames(frames)
+    if x.shape[1:3] == (size, size):
+        return x
+    out = np.empty((x.shape[0], size, size, 3), np.uint8)
+
+    def one(i: int) -> None:
+        out[i] = center_crop(resize_shortest_edge(x[i], size), size)
+
+    _run_frames(x.shape[0], one, progress, threads, "resize")
+    return out
+
+
 def preprocess_frames(frames, size: int = CLIP_SIZE, mean=CLIP_MEAN, std=CLIP_STD,
                       progress: bool = False, threads: int | None = None) -> np.ndarray:
-    """uint8 RGB frames [F, H, W, 3] (or one [H, W, 3]) -> float32 pixel values [F, 3, size, size].
+    """uint8 RGB frames [F, H, W, 3] (or one [H, W, 3]) -> float32 pixel values [F, 3, size, size] (host).
 
     The PIL resizes run on ``threads`` threads (default: min(8, CPUs); PIL releases the GIL).
     """
@@ -84,15 +120,21 @@ def preprocess_frames(frames, size: int = CLIP_SIZE, mean=CLIP_MEAN, std=CLIP_ST
         for c in range(3):
             out[i, c] = table[c][crop[..., c]]
 
-    n = threads or min(8, os.cpu_count() or 1)
-    bar = tqdm(total=x.shape[0], desc="preprocess", unit="frame", disable=not progress, leave=False)
-    if n <= 1 or x.shape[0] == 1:
-        for i in range(x.shape[0]):
-            one(i)
-            bar.update(1)
-    else:
-        with ThreadPoolExecutor(n) as pool:
-            for _ in pool.map(one, range(x.shape[0])):
-                bar.update(1)
-    bar.close()
+    _run_frames(x.shape[0], one, progress, threads, "preprocess")
     return out
+
+
+def normalize_frames(frames, dtype=None, mean=CLIP_MEAN, std=CLIP_STD):
+    """uint8 [..., S, S, 3] (jax or numpy) -> normalized [..., 3, S, S] in ``dtype`` (default float32), traceable.
+
+    Steps 3-5 as a gather from :func:`normalize_table`: in float32 it is bit-identical to
+    :func:`preprocess_frames`; other dtypes equal its float32 result cast to ``dtype``.
+    """
+    import jax.numpy as jnp
+
+    if frames.dtype != jnp.uint8 or frames.shape[-1] != 3:
+        raise ValueError(f"normalize_frames needs uint8 [..., S, S, 3] frames, got {frames.dtype} {frames.shape}")
+    table = jnp.asarray(normalize_table(mean, std)).astype(dtype or jnp.float32).reshape(-1)  # [3 * 256]
+    chw = jnp.moveaxis(jnp.asarray(frames), -1, -3).astype(jnp.int32)  # [..., 3, S, S]
+    offsets = (jnp.arange(3, dtype=jnp.int32) * 256)[:, None, None]
+    return jnp.take(table, chw + offsets, axis=0, mode="clip")

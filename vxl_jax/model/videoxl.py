@@ -11,6 +11,7 @@ from vxl_jax.model.clip import CLIPVisionTower
 from vxl_jax.model.layers import dtype_of
 from vxl_jax.model.projector import Projector, pool_2x2
 from vxl_jax.model.qwen2 import Qwen2LM
+from vxl_jax.preprocess import normalize_frames
 
 
 class VideoXLModel(nnx.Module):
@@ -25,13 +26,23 @@ class VideoXLModel(nnx.Module):
     def compute_dtype(self):
         return dtype_of(self.cfg.runtime.compute_dtype)
 
+    def pixel_values(self, pixels):
+        """uint8 frames [F, S, S, 3] -> CLIP-normalized [F, 3, S, S] in the compute dtype (on device);
+        float pixel values [F, 3, S, S] (already normalized) pass through unchanged."""
+        if pixels.dtype == jnp.uint8:
+            return normalize_frames(pixels, self.compute_dtype)
+        return pixels
+
     def vision_features(self, pixels):
-        """pixels [F, 3, S, S] -> CLIP layer-``select_layer`` patch features [F, 576, C_vis]."""
+        """pixels uint8 [F, S, S, 3] or normalized float [F, 3, S, S] -> CLIP layer-``select_layer`` patch
+        features [F, 576, C_vis]."""
         rt = self.cfg.runtime
-        return self.vision(pixels, dtype=self.compute_dtype, attention=rt.attention, remat=rt.remat)
+        return self.vision(self.pixel_values(pixels), dtype=self.compute_dtype, attention=rt.attention,
+                           remat=rt.remat)
 
     def encode_frames(self, pixels):
-        """pixels [F, 3, S, S] -> pooled visual tokens [F, 144, D] (projector first, then the 2x2 pool)."""
+        """pixels uint8 [F, S, S, 3] (raw frames, normalized here) or normalized float [F, 3, S, S] -> pooled
+        visual tokens [F, 144, D] (projector first, then the 2x2 pool)."""
         projected = self.projector(self.vision_features(pixels))
         return pool_2x2(projected, self.cfg.vision.grid, self.cfg.projector.pool_stride)
 
