@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import warnings
@@ -189,6 +190,44 @@ def load_model(a: argparse.Namespace):
     return VideoXL.load(a.model, dtype=a.dtype)
 
 
+class AnswerStream:
+    """Writes the answer to stdout while it is generated (``generate(stream=...)`` calls it with each
+    chunk of new ids), so that the finished output is exactly ``decode(ids).strip()`` and a newline.
+
+    The text after the last whitespace (a word that later tokens may still extend or change, a partial
+    UTF-8 character, trailing spaces that ``strip`` would drop) is held back until more text arrives.
+    """
+
+    def __init__(self, tokenizer, out=None):
+        self.tokenizer, self.out = tokenizer, out or sys.stdout
+        self.ids: list[int] = []
+        self.written = ""
+
+    def text(self) -> str:
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+
+    def _write(self, text: str) -> None:
+        if text.startswith(self.written) and len(text) > len(self.written):
+            self.out.write(text[len(self.written):])
+            self.out.flush()
+            self.written = text
+
+    def __call__(self, new_ids) -> None:
+        self.ids.extend(int(i) for i in new_ids)
+        text = self.text()
+        last_word = re.search(r"\s*\S*$", text)
+        self._write(text[:last_word.start()])
+
+    def finish(self, answer: str) -> None:
+        """Write the rest of the final ``answer`` (the stripped decode of every id) and a newline."""
+        if not answer.startswith(self.written):  # a decode that rewrote earlier text: print it whole on a new line
+            self.out.write("\n")
+            self.written = ""
+        self._write(answer)
+        self.out.write("\n")
+        self.out.flush()
+
+
 def print_stats(stats: dict) -> None:
     log("stats:")
     for k, v in stats.items():
@@ -200,7 +239,7 @@ def print_stats(stats: dict) -> None:
 
 
 def run(a: argparse.Namespace) -> str:
-    """Everything after argument parsing; returns the decoded answer."""
+    """Everything after argument parsing; streams the answer to stdout as it is generated and returns it."""
     from vxl_jax.prompt import (DEFAULT_SYSTEM, chat_prompt, check_prompt, check_question, suffix_ids,
                                 tokenizer_image_token)
 
@@ -228,7 +267,9 @@ def run(a: argparse.Namespace) -> str:
     timings["load_s"] = time.perf_counter() - t
     if vx.tokenizer is None:
         raise UsageError(f"{a.model} has no tokenizer files; convert the checkpoint with its tokenizer")
-    gen = dict(max_new_tokens=a.max_new_tokens, seed=a.seed, progress=not a.quiet, **sampling_kwargs(a))
+    stream = AnswerStream(vx.tokenizer)
+    gen = dict(max_new_tokens=a.max_new_tokens, seed=a.seed, progress=not a.quiet, stream=stream,
+               **sampling_kwargs(a))
 
     if a.memory is not None:
         mem = vx.load_memory(a.memory)
@@ -249,6 +290,7 @@ def run(a: argparse.Namespace) -> str:
         else:
             out = vx.generate(ids, pixels, ratio=a.ratio, **gen)
     answer = vx.tokenizer.decode([int(i) for i in out], skip_special_tokens=True).strip()
+    stream.finish(answer)
     if a.stats:
         stats = dict(vx.stats)
         if info is not None:
@@ -262,7 +304,7 @@ def main(argv=None) -> int:
     from vxl_jax.convert.errors import ConversionError
 
     try:
-        answer = run(a)
+        run(a)  # the answer is written to stdout as it is generated
     except (ValueError, ConversionError, FileNotFoundError) as e:  # VideoError, PromptError, ConfigError, ...
         msg = " ".join(str(e).split()) or type(e).__name__
         log(f"error: {msg}")
@@ -270,7 +312,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         log("interrupted")
         return 130
-    print(answer, flush=True)
     return 0
 
 

@@ -153,3 +153,27 @@ def test_sampled_generate_is_reproducible(vx, prompt):
     assert not np.array_equal(vx.generate(ids, pixels, seed=4, **kw), a)
     top5 = np.argsort(-logits, axis=-1)[:, :5]
     assert all(t in row for t, row in zip(a, top5))  # every draw is among the top-5 of its own step's logits
+
+
+def test_cli_stream_writes_the_final_answer(tiny_cfg):
+    """infer.py's AnswerStream: chunks written as they arrive add up to exactly decode(ids).strip() + newline."""
+    import io
+
+    import infer
+    from vxl_jax.tokenizer import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        ids = rng.integers(0, tiny_cfg.lm.vocab_size, int(rng.integers(1, 40)))
+        out = io.StringIO()
+        stream, early = infer.AnswerStream(tok, out), []
+        for start in range(0, len(ids), 4):
+            stream(ids[start:start + 4])
+            early.append(out.getvalue())
+        answer = tok.decode([int(i) for i in ids], skip_special_tokens=True).strip()
+        stream.finish(answer)
+        assert out.getvalue() == answer + "\n"
+        assert all(answer.startswith(e) for e in early)
+        if trial == 0:
+            assert len(ids) > 8 and early[-1], "nothing was streamed before the end"

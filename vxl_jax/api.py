@@ -327,7 +327,8 @@ class VideoXL:
             ids = np.asarray(input_ids)
             seen = ids[ids >= 0]
         c0, r0 = self.engine.compile_s, self.engine.run_s
-        bar = tqdm(total=max_new, desc="generate", unit="tok", disable=not progress, leave=False)
+        # a stream shows the progress itself (and a bar would interleave with it on a terminal)
+        bar = tqdm(total=max_new, desc="generate", unit="tok", disable=not progress or stream is not None, leave=False)
 
         def on_chunk(new):
             bar.update(len(new))
