@@ -4,6 +4,7 @@ label mask against a hand-built expectation, bad records skipped and counted, re
 import json
 import os
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -11,6 +12,7 @@ from vxl_jax.data.conversation import IGNORE_INDEX, RecordError, tokenize_conver
 from vxl_jax.data.frames import load_training_video, training_frame_indices
 from vxl_jax.data.pipeline import SampleSpec, TrainLoader
 from vxl_jax.data.records import load_records
+from vxl_jax.preprocess import normalize_frames, preprocess_frames, resize_crop_frames
 from vxl_jax.tokenizer import build_tiny_tokenizer
 from vxl_jax.video import VideoError, read_counter, write_sample_video
 
@@ -105,10 +107,15 @@ def test_loader_skips_and_counts_bad_records(video_dir, tmp_path, caplog):
         batch = next(loader)
     assert loader.skipped == 4 and sorted(loader.recent_skips) == ["corrupt", "missing"]
     assert "missing" in caplog.text and "corrupt" in caplog.text
-    assert batch["pixels"].shape == (1, 3, 8, 3, 56, 56)
+    assert batch["pixels"].shape == (1, 3, 8, 56, 56, 3) and batch["pixels"].dtype == np.uint8
     assert batch["num_frames"].tolist() == [[8, 5, 0]]                 # a (capped), b (5 s at 1 fps), text-only
     assert batch["prefix_len"][0, 2] == 0 and batch["prefix_len"][0, 0] > 0
     assert np.all(batch["pixels"][0, 1, 5:] == 0) and np.any(batch["pixels"][0, 1, :5] != 0)
+    # uint8 resized + cropped frames; normalized on the device they equal the host CLIP preprocessing
+    frames, _ = load_training_video(video_dir / "b.mp4", frames_upbound=8)
+    np.testing.assert_array_equal(batch["pixels"][0, 1, :5], resize_crop_frames(frames, 56))
+    np.testing.assert_array_equal(np.asarray(normalize_frames(jnp.asarray(batch["pixels"][0, 1, :5]))),
+                                  preprocess_frames(frames, 56))
     pl = batch["prefix_labels"][0, 0]
     assert np.all(pl[batch["prefix_len"][0, 0] - 1:] == X)              # last prefix label and padding ignored
     sl = batch["suffix_labels"][0, 0]

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from vxl_jax.preprocess import CLIP_MEAN, CLIP_STD, preprocess_frames, resize_shortest_edge
+from vxl_jax.preprocess import (CLIP_MEAN, CLIP_STD, normalize_frames, preprocess_frames, resize_crop_frames,
+                                resize_shortest_edge)
 
 SETTINGS = dict(
     do_resize=True, size={"shortest_edge": 336}, resample=3,  # PIL bicubic
@@ -106,3 +107,43 @@ def test_threads_do_not_change_the_result():
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, (7, 50, 90, 3), dtype=np.uint8)
     np.testing.assert_array_equal(preprocess_frames(frames, threads=1), preprocess_frames(frames, threads=3))
+
+
+# ---------------------------------------------------------------- uint8 to the device, normalization there
+
+@pytest.mark.parametrize("hw", [(240, 320), (336, 336), (401, 336), (3, 7)], ids=lambda hw: f"{hw[0]}x{hw[1]}")
+def test_device_normalization_matches_clip_image_processor(hf_processor, hw):
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(hw[0] * 7 + hw[1])
+    frames = rng.integers(0, 256, (3, *hw, 3), dtype=np.uint8)
+    u8 = resize_crop_frames(frames)
+    assert u8.dtype == np.uint8 and u8.shape == (3, 336, 336, 3)
+    ours = np.asarray(jax.jit(normalize_frames)(jnp.asarray(u8)))
+    assert ours.dtype == np.float32 and ours.shape == (3, 3, 336, 336)
+    np.testing.assert_array_equal(ours, _reference(hf_processor, frames))  # bit-exact in fp32
+    np.testing.assert_array_equal(ours, preprocess_frames(frames))
+
+
+def test_device_normalization_every_level_and_dtype():
+    import jax.numpy as jnp
+
+    levels = np.arange(256, dtype=np.uint8)
+    frame = np.stack([levels, levels[::-1], np.roll(levels, 77)], -1).reshape(16, 16, 3)  # every level, every channel
+    ref = preprocess_frames(frame, size=16)
+    np.testing.assert_array_equal(np.asarray(normalize_frames(frame[None])), ref)
+    bf16 = normalize_frames(jnp.asarray(frame[None]), jnp.bfloat16)
+    assert bf16.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(bf16), np.asarray(jnp.asarray(ref, jnp.bfloat16)))
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_frames(ref)
+
+
+def test_resize_crop_is_idempotent_and_keeps_uint8():
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 256, (2, 50, 90, 3), dtype=np.uint8)
+    once = resize_crop_frames(frames, 40)
+    assert once.dtype == np.uint8 and once.shape == (2, 40, 40, 3)
+    assert resize_crop_frames(once, 40) is once  # already square at the size: no copy, no resampling
+    np.testing.assert_array_equal(resize_crop_frames(frames, 40, threads=1), once)

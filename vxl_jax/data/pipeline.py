@@ -5,7 +5,8 @@
     state = loader.get_state()       # JSON-able; ``loader.set_state(state)`` resumes exactly
 
 Per sample (static caps P = ``max_prefix``, S = ``max_suffix``, F = ``frames_upbound``):
-    prefix_ids/prefix_labels int32 [P], prefix_len int32, pixels float32 [F, 3, H, H] (0-padded),
+    prefix_ids/prefix_labels int32 [P], prefix_len int32, pixels uint8 [F, H, H, 3] (resized + center-cropped
+    RGB frames, 0-padded; CLIP normalization happens on the device, in ``VideoXLModel.encode_frames``),
     num_frames int32 (0 = text only), suffix_ids/suffix_labels int32 [S], suffix_len int32.
 Reading order: ``grain.samplers.IndexSampler`` (shuffled per epoch from ``seed``, sharded over
 ``jax.process_index()/process_count()``), repeated for ever (train) or once (eval).
@@ -96,12 +97,12 @@ class ProcessRecord(grain.transforms.Map):
             suffix_ids, suffix_labels = tok.suffix_ids[: s.max_suffix], tok.suffix_labels[: s.max_suffix]
             if not np.any(tok.prefix_labels != IGNORE_INDEX) and not np.any(suffix_labels != IGNORE_INDEX):
                 raise RecordError("no supervised token within max_suffix")
-            pixels = np.zeros((s.frames_upbound, 3, s.image_size, s.image_size), np.float32)
+            pixels = np.zeros((s.frames_upbound, s.image_size, s.image_size, 3), np.uint8)
             n_frames = 0
             if frames is not None:
-                from vxl_jax.preprocess import preprocess_frames
+                from vxl_jax.preprocess import resize_crop_frames
 
-                px = preprocess_frames(frames[: s.frames_upbound], size=s.image_size)
+                px = resize_crop_frames(frames[: s.frames_upbound], size=s.image_size)
                 n_frames = len(px)
                 pixels[:n_frames] = px
         except (RecordError, VideoError, KeyError, OSError) as e:
