@@ -149,14 +149,14 @@ def sample_video_path() -> str:
 
 
 def read_frames(a: argparse.Namespace, cfg, timings: dict):
-    """-> (float32 [F, 3, S, S] pixel values, video info)."""
-    from vxl_jax.preprocess import preprocess_frames
+    """-> (uint8 [F, S, S, 3] resized + center-cropped frames, video info); CLIP normalization happens on the
+    device (``VideoXLModel.encode_frames``)."""
     from vxl_jax.video import load_video
 
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the clipped case is reported below, once, in our own words
-        frames, info = load_video(a.video, a.frames)
+        frames, info = load_video(a.video, a.frames, size=cfg.vision.image_size)  # resized as decoded
     timings["decode_s"] = time.perf_counter() - t
     if info["clipped"]:
         log(f"warning: {a.frames} frames requested but {a.video} has only {info['total_frames']}: "
@@ -164,10 +164,7 @@ def read_frames(a: argparse.Namespace, cfg, timings: dict):
     if not a.quiet:
         log(f"video: {a.video} ({info['total_frames']} frames, {info['fps']:.2f} fps, "
             f"{info['width']}x{info['height']}); using {info['num_frames']} frames")
-    t = time.perf_counter()
-    pixels = preprocess_frames(frames, size=cfg.vision.image_size, progress=not a.quiet)
-    timings["preprocess_s"] = time.perf_counter() - t
-    return pixels, info
+    return frames, info
 
 
 def warn_last_window(cfg, frames: int, ratio: int) -> None:

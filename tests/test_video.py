@@ -46,6 +46,17 @@ def test_load_video_returns_the_linspace_frames(h264_video, num_frames):
     assert info["fps"] == pytest.approx(24.0)
 
 
+def test_load_video_resized_in_batches(h264_video):
+    """``size``: decoded a few frames at a time and resized as they come; equals resizing the full decode."""
+    from vxl_jax.preprocess import resize_crop_frames
+
+    full, info = load_video(h264_video, 12)
+    small, small_info = load_video(h264_video, 12, size=64, batch=5)
+    assert small.dtype == np.uint8 and small.shape == (12, 64, 64, 3)
+    np.testing.assert_array_equal(small, resize_crop_frames(full, 64))
+    assert small_info == info  # source size and indices are reported as before
+
+
 def test_frames_are_rgb(tmp_path):
     path = write_sample_video(tmp_path / "c.mp4", num_frames=3, size=(96, 64), codec="libx264")
     frames, _ = load_video(path, 3)

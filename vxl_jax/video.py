@@ -92,8 +92,12 @@ def open_video(path):
     return vr
 
 
-def load_video(path, num_frames: int) -> tuple[np.ndarray, dict]:
+def load_video(path, num_frames: int, size: int | None = None, batch: int = 32) -> tuple[np.ndarray, dict]:
     """Decode ``num_frames`` uniformly spaced frames -> (uint8 [F, H, W, 3] RGB, info).
+
+    With ``size``, frames are decoded ``batch`` at a time and resized + center-cropped as they come
+    (:func:`vxl_jax.preprocess.resize_crop_frames`) -> uint8 [F, size, size, 3]: the full-resolution
+    frames are never all in memory.
 
     info: path, total_frames, fps, duration_s, indices (list), num_frames (F actually returned),
     requested, clipped (True when fewer frames than requested exist: every frame is used and a
@@ -109,6 +113,29 @@ def load_video(path, num_frames: int) -> tuple[np.ndarray, dict]:
     if clipped:
         warnings.warn(f"{num_frames} frames requested but {path} has only {total}: using all {total} frames",
                       stacklevel=2)
+    if size is None:
+        frames = _decode(vr, idx, path)
+        height, width = frames.shape[1:3]
+    else:
+        from vxl_jax.preprocess import resize_crop_frames
+
+        frames = np.empty((len(idx), size, size, 3), np.uint8)
+        for start in range(0, len(idx), batch):
+            part = _decode(vr, idx[start:start + batch], path)
+            height, width = part.shape[1:3]
+            frames[start:start + len(part)] = resize_crop_frames(part, size)
+    fps = float(vr.get_avg_fps() or 0.0)
+    info = {
+        "path": os.fspath(path), "total_frames": total, "fps": fps,
+        "duration_s": total / fps if fps > 0 else None, "indices": idx.tolist(),
+        "num_frames": int(frames.shape[0]), "requested": num_frames, "clipped": clipped,
+        "height": int(height), "width": int(width),
+    }
+    return frames, info
+
+
+def _decode(vr, idx: np.ndarray, path) -> np.ndarray:
+    """Frames ``idx`` of an open video -> uint8 [len(idx), H, W, 3] (VideoError when decoding fails)."""
     try:
         with _captured_stderr():
             frames = vr.get_batch(idx).asnumpy()
@@ -116,14 +143,7 @@ def load_video(path, num_frames: int) -> tuple[np.ndarray, dict]:
         raise VideoError(f"cannot decode frames of {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise VideoError(f"decoded frames of {path} have unexpected layout {frames.dtype} {frames.shape}")
-    fps = float(vr.get_avg_fps() or 0.0)
-    info = {
-        "path": os.fspath(path), "total_frames": total, "fps": fps,
-        "duration_s": total / fps if fps > 0 else None, "indices": idx.tolist(),
-        "num_frames": int(frames.shape[0]), "requested": num_frames, "clipped": clipped,
-        "height": int(frames.shape[1]), "width": int(frames.shape[2]),
-    }
-    return frames, info
+    return frames
 
 
 # ---------------------------------------------------------------------------- synthetic sample video
