@@ -43,11 +43,6 @@ def decode_chunk(graphdef, state, mem: KVMemory, last, seen, key, stops, remaini
     from vxl_jax.engine import _text_chunk  # engine imports this module
 
     V = last.shape[-1]
-    one = jnp.ones((1,), jnp.int32)
-
-    def feed(tok, mem):
-        lg, mem = _text_chunk(graphdef, state, mem, tok[:, None], one, kind="text")
-        return lg[:, 0].astype(jnp.float32), mem
 
     def body(c):
         i, _, mem, last, seen, key, toks, logits = c
@@ -58,7 +53,10 @@ def decode_chunk(graphdef, state, mem: KVMemory, last, seen, key, stops, remaini
             logits = logits.at[i].set(last[0])
         seen = seen.at[0, tok[0]].set(True)
         done = stops[tok[0]] | (i + 1 >= remaining)
-        last, mem = jax.lax.cond(done, lambda t, m: (last, m), feed, tok, mem)
+        # Feed the token back unless done. Not a lax.cond: its result would be copied into the loop
+        # state (the whole memory, every step); with count 0 the append writes nothing instead.
+        lg, mem = _text_chunk(graphdef, state, mem, tok[:, None], (~done).astype(jnp.int32)[None], kind="text")
+        last = jnp.where(done, last, lg[:, 0].astype(jnp.float32))
         return i + 1, done, mem, last, seen, key, toks, logits
 
     init = (jnp.int32(0), jnp.bool_(False), mem, last.astype(jnp.float32), seen, key,
