@@ -34,6 +34,7 @@ IMAGE_TOKEN_INDEX = -200
 DEFAULT_RATIO = 8
 _SLOT_BUCKET = 256  # memory capacity and prompt lengths are rounded up to limit recompilation
 _TEXT_BUCKET = 16
+_FRAME_CALL_WINDOWS = 2  # windows of frames per scan call: bounds the frames staged on the host/device at once
 DECODE_CHUNK = 16  # tokens per compiled decode call (the streaming granularity)
 
 
@@ -239,7 +240,7 @@ class VideoXL:
         source, per_window = (feats, b.window) if features is not None else (px, b.frames_per_window)
         bar = tqdm(total=n_windows, desc="windows", unit="win", disable=not progress, leave=False)
         start = 0
-        for size in _chunk_sizes(n_windows):
+        for size in _chunk_sizes(n_windows, 8 if features is not None else _FRAME_CALL_WINDOWS):
             sl = slice(start, start + size)
             inputs = self._window_chunk(source, start, size, per_window)
             mem = self.engine.windows(mem, inputs, jnp.asarray(counts[sl][:, None]),
