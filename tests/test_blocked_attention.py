@@ -92,3 +92,21 @@ def test_bf16_close_to_reference():
     ref, got = _both(q, k, v, mk, mv, None, mem_len)
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref, np.float32), atol=3e-2, rtol=0)
+
+
+def test_stacked_memory_read_in_place_equals_a_slice():
+    """Inference reads layer l's blocks straight from the stacked [L, B, M, KV, D] buffer."""
+    q, k, v, mk, mv = _inputs(5)
+    stack_k = jnp.stack([mk * 0.5, mk, -mk])
+    stack_v = jnp.stack([mv, mv * 2.0, mv + 1.0])
+    mem_len = jnp.asarray([70, 300], jnp.int32)
+    for layer in range(3):
+        ref = attention.attend(q, k, v, mem_k=stack_k[layer], mem_v=stack_v[layer], mem_len=mem_len)
+        got = jax.jit(lambda i: attention.attend(q, k, v, mem_k=stack_k, mem_v=stack_v, mem_len=mem_len,
+                                                 mem_layer=i))(jnp.int32(layer))
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+    g = jax.grad(lambda s: jnp.sum(attention.attend(q, k, v, mem_k=s, mem_v=stack_v, mem_len=mem_len,
+                                                    mem_layer=jnp.int32(1))))(stack_k)
+    g_ref = jax.grad(lambda m: jnp.sum(attention.attend(q, k, v, mem_k=m, mem_v=stack_v[1], mem_len=mem_len)))(mk)
+    np.testing.assert_allclose(np.asarray(g[1]), np.asarray(g_ref), atol=1e-6)
+    assert not np.asarray(g[0]).any() and not np.asarray(g[2]).any()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vxl_jax.beacon.lean import compress_windows_lean
 from vxl_jax.beacon.windows import compress_windows, window_token_counts
 from vxl_jax.memory import KVMemory, append
 
@@ -27,13 +28,17 @@ def token_cross_entropy(logits, labels):
 
 
 def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], remat: str = "none",
-                  keep_memory: bool = True, window_remat: bool = True):
+                  keep_memory: bool = True, window_backward: str = "lean"):
     """Summed token CE over prefix and suffix of a batch, and the number of scored tokens.
 
-    batch: prefix_ids/prefix_labels [B, P], prefix_len [B]; pixels [B, F, 3, S, S], num_frames [B];
+    batch: prefix_ids/prefix_labels [B, P], prefix_len [B]; pixels uint8 [B, F, S, S, 3] (normalized on
+    device) or preprocessed float [B, F, 3, S, S], num_frames [B];
     suffix_ids/suffix_labels [B, S], suffix_len [B]. ratio_idx [W] int32 (W = ceil(F / frames per
     window)) picks each window's ratio from ``ratios``. ``keep_memory=False`` cuts the beacon memory
-    off (ablation). Returns (loss_sum fp32 scalar, n_tokens int32 scalar).
+    off (ablation). ``window_backward``: "lean" (one copy of the memory in the backward,
+    :mod:`vxl_jax.beacon.lean`), "checkpoint" (scan of checkpointed windows: each keeps its memory
+    carry) or "plain" (no checkpoint); all three give the same gradients.
+    Returns (loss_sum fp32 scalar, n_tokens int32 scalar).
     """
     cfg = model.cfg
     lm, b, rt = model.lm, cfg.beacon, cfg.runtime
@@ -54,7 +59,7 @@ def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], rem
     t = jnp.arange(P, dtype=jnp.int32)[None]
     hidden, k, v = lm(lm.embed_tokens(prefix_ids, dtype), positions=jnp.broadcast_to(t, (B, P)),
                       valid=t < batch["prefix_len"][:, None], mem_k=mem.k, mem_v=mem.v, mem_len=mem.length,
-                      attention=rt.attention, remat=rt.remat if remat is None else remat)
+                      attention=rt.attention, remat=rt.remat if remat is None else remat, sliced_memory=True)
     loss, count = token_cross_entropy(lm.logits(hidden), jnp.where(t < batch["prefix_len"][:, None],
                                                                    batch["prefix_labels"], IGNORE_INDEX))
     mem = append(mem, k, v, batch["prefix_len"], theta=cfg.lm.rope_theta, kind="prefix")
@@ -62,17 +67,23 @@ def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], rem
     # Video: one scan over windows; CLIP + projector + pool run inside each window step.
     if W:
         pad = W * fpw - F
-        px = jnp.pad(pixels.astype(dtype), [(0, 0), (0, pad)] + [(0, 0)] * (pixels.ndim - 2))
-        windows = px.reshape(B, W, fpw, *pixels.shape[2:]).swapaxes(0, 1)  # [W, B, fpw, 3, S, S]
+        px = jnp.pad(pixels, [(0, 0), (0, pad)] + [(0, 0)] * (pixels.ndim - 2))
+        windows = px.reshape(B, W, fpw, *pixels.shape[2:]).swapaxes(0, 1)  # [W, B, fpw, *frame]
         n_valid = window_token_counts(batch["num_frames"] * b.tokens_per_frame, W, b.window)
-        mem = compress_windows(model, mem, windows, n_valid, ratio_idx, ratios=ratios, from_pixels=True,
-                               attention=rt.attention, remat=remat, window_remat=window_remat, keep=keep_memory)
+        kw = dict(ratios=ratios, from_pixels=True, attention=rt.attention, remat=remat, keep=keep_memory)
+        if window_backward == "lean":
+            mem = compress_windows_lean(model, mem, windows, n_valid, ratio_idx, **kw)
+        elif window_backward in ("checkpoint", "plain"):
+            mem = compress_windows(model, mem, windows, n_valid, ratio_idx, window_remat=window_backward == "checkpoint",
+                                   sliced_memory=True, **kw)
+        else:
+            raise ValueError(f"window_backward must be 'lean', 'checkpoint' or 'plain', got {window_backward!r}")
 
     # Suffix: reads [prefix || beacons]; scored.
     t = jnp.arange(S, dtype=jnp.int32)[None]
     hidden, _, _ = lm(lm.embed_tokens(suffix_ids, dtype), positions=mem.length[:, None] + t,
                       valid=t < batch["suffix_len"][:, None], mem_k=mem.k, mem_v=mem.v, mem_len=mem.length,
-                      attention=rt.attention, remat=remat)
+                      attention=rt.attention, remat=remat, sliced_memory=True)
     s_loss, s_count = token_cross_entropy(lm.logits(hidden), jnp.where(t < batch["suffix_len"][:, None],
                                                                        batch["suffix_labels"], IGNORE_INDEX))
     return loss + s_loss, count + s_count

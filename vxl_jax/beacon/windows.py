@@ -44,12 +44,13 @@ def interleave(features, beacon_vec, ratio: int):
 
 
 def window_step(model, mem: KVMemory, features, n_valid, ratio: int, *, attention: str = "xla",
-                remat: str = "none", keep: bool = True):
+                remat: str = "none", keep: bool = True, sliced_memory: bool = False):
     """Compress one window into the memory.
 
     features [B, window, D] visual tokens (rows >= n_valid[b] are padding); n_valid [B] int32.
     Returns (memory with n_valid // ratio beacons appended per sample, hidden [B, T, D]).
     ``keep=False`` runs the window but appends nothing (ablation: memory cut off).
+    ``sliced_memory``: see :meth:`vxl_jax.model.qwen2.Qwen2LM.__call__` (True under autodiff).
     """
     lm = model.lm
     B, window, _ = features.shape
@@ -59,7 +60,8 @@ def window_step(model, mem: KVMemory, features, n_valid, ratio: int, *, attentio
     valid = jnp.where(is_beacon[None], beacon_index[None] < n_beacons[:, None], raw_index[None] < n_valid[:, None])
     positions = mem.length[:, None] + jnp.arange(x.shape[1], dtype=jnp.int32)[None]
     hidden, k, v = lm(x, positions=positions, valid=valid, beacon_mask=jnp.broadcast_to(is_beacon, valid.shape),
-                      mem_k=mem.k, mem_v=mem.v, mem_len=mem.length, attention=attention, remat=remat)
+                      mem_k=mem.k, mem_v=mem.v, mem_len=mem.length, attention=attention, remat=remat,
+                      sliced_memory=sliced_memory)
     sel = slice(ratio, None, ratio + 1)  # beacon rows, in interleave order
     count = n_beacons if keep else jnp.zeros_like(n_beacons)
     mem = append(mem, k[:, :, sel], v[:, :, sel], count, theta=lm.cfg.rope_theta, kind="beacons")
@@ -67,7 +69,8 @@ def window_step(model, mem: KVMemory, features, n_valid, ratio: int, *, attentio
 
 
 def _encode(model, window_input, from_pixels: bool):
-    """Window input -> visual tokens [B, window, D]. Pixels [B, f, 3, S, S] run CLIP + projector + pool here."""
+    """Window input -> visual tokens [B, window, D]. Pixels (uint8 [B, f, S, S, 3] or float [B, f, 3, S, S])
+    run CLIP + projector + pool here."""
     if not from_pixels:
         return window_input.astype(model.compute_dtype)
     B, f = window_input.shape[:2]
@@ -77,10 +80,11 @@ def _encode(model, window_input, from_pixels: bool):
 
 def compress_windows(model, mem: KVMemory, windows, n_valid, ratio_idx, *, ratios: tuple[int, ...],
                      from_pixels: bool, attention: str = "xla", remat: str = "none", window_remat: bool = False,
-                     keep: bool = True):
+                     keep: bool = True, sliced_memory: bool = False):
     """Scan over windows; the carry is the memory.
 
-    windows: pixels [W, B, frames_per_window, 3, S, S] (``from_pixels``) or features [W, B, window, D];
+    windows: pixels [W, B, frames_per_window, *frame] (uint8 [S, S, 3] or float [3, S, S] frames,
+    ``from_pixels``) or features [W, B, window, D];
     n_valid [W, B] int32 valid visual tokens per window; ratio_idx [W] int32 index into ``ratios``
     (ignored when a single ratio is given). With several ratios each window picks its branch with
     ``lax.switch``; every branch appends into the same static buffer, so one compilation serves all.
@@ -90,8 +94,8 @@ def compress_windows(model, mem: KVMemory, windows, n_valid, ratio_idx, *, ratio
     def body(m, xs):
         inp, n, idx = xs
         feats = _encode(model, inp, from_pixels)
-        branches = [functools.partial(_step_only_memory, model, ratio=r, attention=attention, remat=remat, keep=keep)
-                    for r in ratios]
+        branches = [functools.partial(_step_only_memory, model, ratio=r, attention=attention, remat=remat, keep=keep,
+                                      sliced_memory=sliced_memory) for r in ratios]
         if len(branches) == 1:
             return branches[0](m, feats, n), None
         return jax.lax.switch(idx, branches, m, feats, n), None
@@ -102,8 +106,9 @@ def compress_windows(model, mem: KVMemory, windows, n_valid, ratio_idx, *, ratio
     return mem
 
 
-def _step_only_memory(model, mem, feats, n, *, ratio, attention, remat, keep):
-    return window_step(model, mem, feats, n, ratio, attention=attention, remat=remat, keep=keep)[0]
+def _step_only_memory(model, mem, feats, n, *, ratio, attention, remat, keep, sliced_memory):
+    return window_step(model, mem, feats, n, ratio, attention=attention, remat=remat, keep=keep,
+                       sliced_memory=sliced_memory)[0]
 
 
 def window_token_counts(num_visual, num_windows: int, window: int):

@@ -57,13 +57,14 @@ def chunk_mask(mem_len, mem_slots: int, valid, causal: bool = True):
     return jnp.concatenate([mem, chunk], axis=-1)
 
 
-def attend(q, k, v, *, valid=None, causal: bool = True, mem_k=None, mem_v=None, mem_len=None,
+def attend(q, k, v, *, valid=None, causal: bool = True, mem_k=None, mem_v=None, mem_len=None, mem_layer=None,
            backend: str = "xla", scale: float | None = None):
     """Chunk queries over ``[memory[:mem_len] || chunk]``.
 
     q [B, T, H, D] (rotated); k, v [B, T, KV, D] chunk keys (rotated) and values; valid [B, T] bool
     chunk keys that exist (default all); causal: chunk row t sees chunk keys t' <= t;
-    mem_k/mem_v [B, M, KV, D] rotated memory or None, mem_len [B] valid slots.
+    mem_k/mem_v [B, M, KV, D] rotated memory or None, mem_len [B] valid slots; or the stacked
+    [L, B, M, KV, D] memory of all layers with ``mem_layer`` (int32 scalar) naming this one.
     Query head h reads KV head h // (H // KV) (contiguous groups, as HF ``repeat_kv``).
     Returns [B, T, H, D] in q's dtype.
     """
@@ -71,9 +72,11 @@ def attend(q, k, v, *, valid=None, causal: bool = True, mem_k=None, mem_v=None, 
     scale = D ** -0.5 if scale is None else scale
     if backend == "xla":
         return blocked_attention(q, k, v, valid=valid, causal=causal, mem_k=mem_k, mem_v=mem_v, mem_len=mem_len,
-                                 scale=scale)
+                                 mem_layer=mem_layer, scale=scale)
     if backend not in ("reference", "cudnn", "dot_product"):
         raise ValueError(f"unknown attention backend {backend!r}")
+    if mem_layer is not None:
+        mem_k, mem_v = mem_k[mem_layer], mem_v[mem_layer]
     plain = valid is None and mem_k is None and not causal
     if valid is None:
         valid = jnp.ones((B, T), bool)

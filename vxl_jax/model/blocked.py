@@ -34,16 +34,34 @@ def _pv(p, v):
     return jnp.einsum("bkgts,bskd->bkgtd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
 
 
-def _mem_blocks(mem_k, mem_v, i, block, mem_len):
-    """Block i of the [B, M, KV, D] memory (the last one clamped to stay inside the buffer).
+def _read(buf, layer, start, block):
+    """Slots [start, start + block) of a [B, M, KV, D] buffer, or of layer ``layer`` of a stacked
+    [L, B, M, KV, D] buffer (read in place: the layer's buffer is never copied out)."""
+    if layer is None:
+        return jax.lax.dynamic_slice_in_dim(buf, start, block, axis=1)
+    L, B, M, KV, D = buf.shape
+    return jax.lax.dynamic_slice(buf, (layer, 0, start, 0, 0), (1, B, block, KV, D))[0]
+
+
+def _add(buf, layer, start, d):
+    """``buf[(layer,) :, start:start + block] += d`` (d [B, block, KV, D])."""
+    if layer is None:
+        cur = jax.lax.dynamic_slice_in_dim(buf, start, d.shape[1], axis=1)
+        return jax.lax.dynamic_update_slice_in_dim(buf, cur + d, start, axis=1)
+    cur = _read(buf, layer, start, d.shape[1])
+    return jax.lax.dynamic_update_slice(buf, (cur + d)[None], (layer, 0, start, 0, 0))
+
+
+def _mem_blocks(mem_k, mem_v, layer, i, block, mem_len):
+    """Block i of the memory (the last one clamped to stay inside the buffer).
 
     -> (k, v [B, block, KV, D] with slots outside block i or past mem_len zeroed, ok [B, block] bool,
     start). Zeroing makes whatever an unfilled slot holds irrelevant (0 * garbage never appears).
     """
-    start = jnp.minimum(i * block, mem_k.shape[1] - block)
+    start = jnp.minimum(i * block, mem_k.shape[-3] - block)
     slots = start + jnp.arange(block)
     ok = (slots[None] >= i * block) & (slots[None] < mem_len[:, None])
-    take = lambda m: jnp.where(ok[:, :, None, None], jax.lax.dynamic_slice_in_dim(m, start, block, axis=1), 0)  # noqa: E731
+    take = lambda m: jnp.where(ok[:, :, None, None], _read(m, layer, start, block), 0)  # noqa: E731
     return take(mem_k), take(mem_v), ok, start
 
 
@@ -68,7 +86,7 @@ def _blocks(T, causal):
     return out
 
 
-def _forward(q, k, v, valid, mem_k, mem_v, mem_len, causal, scale):
+def _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale):
     """-> (out [B, T, H, D] in q.dtype, lse fp32 [B, KV, G, T])."""
     B, T, H, D = q.shape
     KV = k.shape[2]
@@ -77,12 +95,12 @@ def _forward(q, k, v, valid, mem_k, mem_v, mem_len, causal, scale):
     m = jnp.full((B, KV, G, T), _NEG, jnp.float32)
     l = jnp.zeros((B, KV, G, T), jnp.float32)
     acc = jnp.zeros((B, KV, G, T, D), jnp.float32)
-    if mem_k is not None and mem_k.shape[1]:
-        block = min(MEM_BLOCK, mem_k.shape[1])
+    if mem_k is not None and mem_k.shape[-3]:
+        block = min(MEM_BLOCK, mem_k.shape[-3])
 
         def body(i, carry):
             m, l, acc = carry
-            kb, vb, ok, _ = _mem_blocks(mem_k, mem_v, i, block, mem_len)
+            kb, vb, ok, _ = _mem_blocks(mem_k, mem_v, layer, i, block, mem_len)
             ok = ok[:, None, None, None, :]
             s = _scores(qg, kb.astype(q.dtype), scale)
             m_new = jnp.maximum(m, jnp.max(jnp.where(ok, s, _NEG), axis=-1))
@@ -109,7 +127,7 @@ def _forward(q, k, v, valid, mem_k, mem_v, mem_len, causal, scale):
     return out.astype(q.dtype), jnp.concatenate(lses, axis=-1)
 
 
-def _backward(q, k, v, valid, mem_k, mem_v, mem_len, out, lse, dout, causal, scale):
+def _backward(q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse, dout, causal, scale):
     """-> (dq, dk, dv, dmem_k, dmem_v) in the primal dtypes."""
     B, T, H, D = q.shape
     KV = k.shape[2]
@@ -130,18 +148,16 @@ def _backward(q, k, v, valid, mem_k, mem_v, mem_len, out, lse, dout, causal, sca
         return dq_b, dk_b, dv_b
 
     dmem_k = dmem_v = None
-    if mem_k is not None and mem_k.shape[1]:
-        block = min(MEM_BLOCK, mem_k.shape[1])
+    if mem_k is not None and mem_k.shape[-3]:
+        block = min(MEM_BLOCK, mem_k.shape[-3])
 
         def body(i, carry):
             dq, dmk, dmv = carry
-            kb, vb, ok, start = _mem_blocks(mem_k, mem_v, i, block, mem_len)
+            kb, vb, ok, start = _mem_blocks(mem_k, mem_v, layer, i, block, mem_len)
             kb, vb = kb.astype(q.dtype), vb.astype(v.dtype)
             ok = ok[:, None, None, None, :]
             dq_b, dk_b, dv_b = grads(_scores(qg, kb, scale), ok, lse, do_t, delta, qg, kb, vb)
-            add = lambda buf, d: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
-                buf, jax.lax.dynamic_slice_in_dim(buf, start, block, axis=1) + d, start, axis=1)
-            return dq + dq_b, add(dmk, dk_b), add(dmv, dv_b)
+            return dq + dq_b, _add(dmk, layer, start, dk_b), _add(dmv, layer, start, dv_b)
 
         zeros = jnp.zeros(mem_k.shape, jnp.float32)
         dq, dmem_k, dmem_v = jax.lax.fori_loop(0, _mem_trip_count(mem_len, block), body, (dq, zeros, zeros))
@@ -162,31 +178,34 @@ def _backward(q, k, v, valid, mem_k, mem_v, mem_len, out, lse, dout, causal, sca
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dmem_k, dmem_v
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def _attention(q, k, v, valid, mem_k, mem_v, mem_len, causal, scale):
-    return _forward(q, k, v, valid, mem_k, mem_v, mem_len, causal, scale)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
+def _attention(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale):
+    return _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale)[0]
 
 
-def _attention_fwd(q, k, v, valid, mem_k, mem_v, mem_len, causal, scale):
-    out, lse = _forward(q, k, v, valid, mem_k, mem_v, mem_len, causal, scale)
-    return out, (q, k, v, valid, mem_k, mem_v, mem_len, out, lse)
+def _attention_fwd(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale):
+    out, lse = _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale)
+    return out, (q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse)
 
 
 def _attention_bwd(causal, scale, res, dout):
-    q, k, v, valid, mem_k, mem_v, mem_len, out, lse = res
-    dq, dk, dv, dmk, dmv = _backward(q, k, v, valid, mem_k, mem_v, mem_len, out, lse, dout, causal, scale)
-    return dq, dk, dv, None, dmk, dmv, None
+    q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse = res
+    dq, dk, dv, dmk, dmv = _backward(q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse, dout, causal, scale)
+    return dq, dk, dv, None, dmk, dmv, None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def blocked_attention(q, k, v, *, valid=None, causal: bool = True, mem_k=None, mem_v=None, mem_len=None,
-                      scale: float | None = None):
+                      mem_layer=None, scale: float | None = None):
     """Attention of chunk queries over ``[memory[:mem_len] || chunk keys]`` -> [B, T, H, Dh] (q's dtype).
 
     valid [B, T] bool (default all); causal: chunk row t sees chunk keys t' <= t (else all valid keys);
-    mem_k/mem_v [B, M, KV, Dh] (or None) with mem_len [B] int32. A row that sees no key returns 0.
+    mem_k/mem_v [B, M, KV, Dh] (or None) with mem_len [B] int32; or the stacked memory of every layer
+    [L, B, M, KV, Dh] with ``mem_layer`` (int32 scalar) naming the layer, read in place. The stacked
+    form is for inference: its cotangent is a whole [L, ...] buffer per layer. A row that sees no
+    key returns 0.
     """
     B, T, H, D = q.shape
     scale = D ** -0.5 if scale is None else float(scale)
@@ -196,4 +215,6 @@ def blocked_attention(q, k, v, *, valid=None, causal: bool = True, mem_k=None, m
         raise ValueError("mem_len is required with mem_k")
     if mem_k is not None:
         mem_len = mem_len.astype(jnp.int32)
-    return _attention(q, k, v, valid, mem_k, mem_v, mem_len, bool(causal), scale)
+    if (mem_layer is None) != (mem_k is None or mem_k.ndim == 4):
+        raise ValueError("a stacked [L, B, M, KV, Dh] memory needs mem_layer, a [B, M, KV, Dh] one must not have it")
+    return _attention(q, k, v, valid, mem_k, mem_v, mem_len, mem_layer, bool(causal), scale)

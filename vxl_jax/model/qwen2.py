@@ -66,15 +66,16 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, rngs)
         self.mlp = MLP(cfg, dtype, rngs)
 
-    def __call__(self, x, *, cos, sin, valid, beacon_mask, mem_k, mem_v, mem_len, attention: str):
-        """x [B, T, D]; cos/sin [B, T, Dh]; valid [B, T]; mem_k/mem_v [B, M, KV, Dh] or None, mem_len [B].
+    def __call__(self, x, *, cos, sin, valid, beacon_mask, mem_k, mem_v, mem_len, attention: str, mem_layer=None):
+        """x [B, T, D]; cos/sin [B, T, Dh]; valid [B, T]; mem_k/mem_v [B, M, KV, Dh] or None, mem_len [B]
+        (or the stacked [L, B, M, KV, Dh] memory with this layer's index ``mem_layer``).
 
         Returns (x [B, T, D], k_pre_rope [B, T, KV, Dh], v [B, T, KV, Dh]).
         """
         q, k, v = self.attn.qkv(self.input_norm(x), beacon_mask)
         q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         a = attend(q_rot, k_rot, v, valid=valid, causal=True, mem_k=mem_k, mem_v=mem_v, mem_len=mem_len,
-                   backend=attention)
+                   mem_layer=mem_layer, backend=attention)
         x = x + checkpoint_name(self.attn.o(a), "out_proj")
         x = x + self.mlp(self.post_attn_norm(x))
         return x, k, v
@@ -100,11 +101,14 @@ class Qwen2LM(nnx.Module):
         return self.beacon_embed[...][0].astype(dtype)
 
     def __call__(self, x, *, positions, valid=None, beacon_mask=None, mem_k=None, mem_v=None, mem_len=None,
-                 attention: str = "xla", remat: str = "none"):
+                 attention: str = "xla", remat: str = "none", sliced_memory: bool = False):
         """Run all layers over a chunk.
 
         x [B, T, D] embeddings; positions [B, T]; valid [B, T] bool (default all);
         mem_k/mem_v [L, B, M, KV, Dh] rotated memory (or None) with mem_len [B].
+        ``sliced_memory``: the layer scan hands each layer its own [B, M, KV, Dh] slice (a copy per
+        layer, but a per-layer cotangent: use it under autodiff). Default: each layer reads its
+        blocks of the stacked buffer in place (inference: nothing is copied per layer or token).
         Returns (hidden [B, T, D] after the final norm, k_pre_rope [L, B, T, KV, Dh], v [L, B, T, KV, Dh]).
         """
         B, T, _ = x.shape
@@ -114,14 +118,22 @@ class Qwen2LM(nnx.Module):
             mem_len = jnp.zeros((B,), jnp.int32)
         cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
 
-        def step(layer, h, mem):
-            mk, mv = (None, None) if mem is None else mem
+        in_place = mem_k is not None and not sliced_memory
+
+        def step(layer, h, xs):
+            if in_place:
+                mk, mv, index = mem_k, mem_v, xs
+            else:
+                (mk, mv), index = (None, None) if xs is None else xs, None
             h, k, v = layer(h, cos=cos, sin=sin, valid=valid, beacon_mask=beacon_mask, mem_k=mk, mem_v=mv,
-                            mem_len=mem_len, attention=attention)
+                            mem_len=mem_len, mem_layer=index, attention=attention)
             return h, (k, v)
 
-        mem = None if mem_k is None else (mem_k, mem_v)
-        x, (ks, vs) = scan_layers(self.layers, step, x, mem, remat=remat)
+        if mem_k is None:
+            xs = None
+        else:
+            xs = jnp.arange(mem_k.shape[0], dtype=jnp.int32) if in_place else (mem_k, mem_v)
+        x, (ks, vs) = scan_layers(self.layers, step, x, xs, remat=remat)
         return self.final_norm(x), ks, vs
 
     def logits(self, hidden):

@@ -1,0 +1,109 @@
+"""The window scan for training, with a backward that keeps one copy of the memory.
+
+The memory is append-only: window w reads slots ``[0, length_w)`` and writes its beacons at
+``[length_w, length_{w+1})``. So the memory window w saw is the *final* memory read up to
+``length_w``, and the backward needs no per-window copy of it. ``jax.custom_vjp`` makes that
+explicit:
+
+- forward: the plain scan; it keeps the final K/V, each window's size counters [W, B] and its
+  inputs (pixels), nothing else;
+- backward: a reverse scan over windows carrying the memory cotangent (one buffer) and the
+  parameter cotangent (fp32). Window w is recomputed from its inputs and the final memory with
+  the counters it started with, and differentiated on its own; the ratio branch is chosen *before*
+  differentiating, so only the chosen branch's residuals exist, for one window at a time.
+
+The result equals differentiating the plain scan (``compress_windows``), to fp32 rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vxl_jax.beacon.windows import _encode, window_step
+from vxl_jax.memory import KVMemory
+
+_COUNTERS = ("length", "n_prefix", "n_beacons", "n_text")
+
+
+def _with_counters(k, v, counters) -> KVMemory:
+    return KVMemory(k, v, *counters)
+
+
+def _window(graphdef, params, rest, k, v, counters, inp, n, *, ratio, from_pixels, attention, remat, keep):
+    """One window on the memory ``(k, v, counters)`` -> (new k, new v, new counters)."""
+    model = nnx.merge(graphdef, params, rest)
+    feats = _encode(model, inp, from_pixels)
+    mem = window_step(model, _with_counters(k, v, counters), feats, n, ratio, attention=attention, remat=remat,
+                      keep=keep, sliced_memory=True)[0]
+    return mem.k, mem.v, tuple(getattr(mem, c) for c in _COUNTERS)
+
+
+def compress_windows_lean(model, mem: KVMemory, windows, n_valid, ratio_idx, *, ratios: tuple[int, ...],
+                          from_pixels: bool, attention: str = "xla", remat: str = "none", keep: bool = True):
+    """Same arguments and result as :func:`vxl_jax.beacon.windows.compress_windows`; lean backward.
+
+    Gradients flow to the model's ``nnx.Param`` leaves and to the incoming memory K/V; not to the
+    window inputs (pixels or features).
+    """
+    ratios = tuple(int(r) for r in ratios)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    steps = [functools.partial(_window, graphdef, ratio=r, from_pixels=from_pixels, attention=attention,
+                               remat=remat, keep=keep) for r in ratios]
+
+    def one(params, rest, k, v, counters, inp, n, idx):
+        branches = [functools.partial(s, params, rest) for s in steps]
+        if len(branches) == 1:
+            return branches[0](k, v, counters, inp, n)
+        return jax.lax.switch(idx, branches, k, v, counters, inp, n)
+
+    def forward(params, rest, k, v, counters, windows, n_valid, ratio_idx):
+        def body(carry, xs):
+            k, v, counters = carry
+            inp, n, idx = xs
+            return one(params, rest, k, v, counters, inp, n, idx), counters
+
+        (k, v, counters), starts = jax.lax.scan(body, (k, v, counters), (windows, n_valid, ratio_idx))
+        return (k, v, counters), starts
+
+    @jax.custom_vjp
+    def run(params, rest, k, v, counters, windows, n_valid, ratio_idx):
+        return forward(params, rest, k, v, counters, windows, n_valid, ratio_idx)[0]
+
+    def run_fwd(params, rest, k, v, counters, windows, n_valid, ratio_idx):
+        (k, v, counters), starts = forward(params, rest, k, v, counters, windows, n_valid, ratio_idx)
+        return (k, v, counters), (params, rest, k, v, starts, windows, n_valid, ratio_idx)
+
+    def run_bwd(res, g):
+        params, rest, k_final, v_final, starts, windows, n_valid, ratio_idx = res
+        gk, gv, _ = g
+
+        def window_vjp(step, counters, inp, n, dk, dv):
+            f = lambda p, k, v: step(p, rest, k, v, counters, inp, n)[:2]  # noqa: E731
+            _, pull = jax.vjp(f, params, k_final, v_final)
+            return pull((dk, dv))
+
+        def back(carry, xs):
+            dparams, dk, dv = carry
+            counters, inp, n, idx = xs
+            branches = [functools.partial(window_vjp, s) for s in steps]
+            if len(branches) == 1:
+                dp, dk, dv = branches[0](counters, inp, n, dk, dv)
+            else:
+                dp, dk, dv = jax.lax.switch(idx, branches, counters, inp, n, dk, dv)
+            dparams = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), dparams, dp)
+            return (dparams, dk, dv), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        (dparams, dk, dv), _ = jax.lax.scan(back, (zeros, gk, gv), (starts, windows, n_valid, ratio_idx),
+                                            reverse=True)
+        dparams = jax.tree.map(lambda d, p: d.astype(p.dtype), dparams, params)
+        return dparams, None, dk, dv, None, None, None, None
+
+    run.defvjp(run_fwd, run_bwd)
+    counters = tuple(getattr(mem, c) for c in _COUNTERS)
+    k, v, counters = run(params, rest, mem.k, mem.v, counters, windows, n_valid, ratio_idx)
+    return _with_counters(k, v, counters)
