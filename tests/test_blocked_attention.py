@@ -104,7 +104,7 @@ def test_stacked_memory_read_in_place_equals_a_slice():
         ref = attention.attend(q, k, v, mem_k=stack_k[layer], mem_v=stack_v[layer], mem_len=mem_len)
         got = jax.jit(lambda i: attention.attend(q, k, v, mem_k=stack_k, mem_v=stack_v, mem_len=mem_len,
                                                  mem_layer=i))(jnp.int32(layer))
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-6, rtol=0)
     g = jax.grad(lambda s: jnp.sum(attention.attend(q, k, v, mem_k=s, mem_v=stack_v, mem_len=mem_len,
                                                     mem_layer=jnp.int32(1))))(stack_k)
     g_ref = jax.grad(lambda m: jnp.sum(attention.attend(q, k, v, mem_k=m, mem_v=stack_v[1], mem_len=mem_len)))(mk)
