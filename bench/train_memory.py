@@ -18,6 +18,8 @@ compile takes ~7 min and ~11 GB of host RSS: give ONE frame count per invocation
     python bench/train_memory.py --frames 20,40 --eval    # also the eval step
     .venv-tpu/bin/python bench/train_memory.py --tpu --frames 128
     .venv-tpu/bin/python bench/train_memory.py --tpu --frames 256
+    python bench/train_memory.py --frames 12 --batch 2 --top-buffers 15   # what the temp is made of
+    python bench/train_memory.py --frames 20,40 --ratios 8                # one ratio: no lax.switch union
 
 Pixel layout/dtype of the batch are taken from the data pipeline itself (one sample of a tiny
 self-made video through ``ProcessRecord``), so the bench follows the pipeline's format (float32
