@@ -106,6 +106,9 @@ def part_run(config: str, warm_cache: bool, overrides: list[str]):
             lab = next((ln for t, ln in lines if t == b), "(end)")
             print(f"    {a:6.1f}-{min(b, wall):6.1f}s  max {max(seg):6.0f} MiB   until: {lab[:80]}")
             prev = max(seg)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
     return {"peak_mib": mp + kp, "ru_maxrss_mib": ru, "wall_s": wall}
 
 
@@ -205,6 +208,9 @@ def part_phases(config: str, overrides: list[str]):
         prev = peak
     print(f"  compiled temp: train step {train_temp / MiB:.0f} MiB"
           + (f", eval step {eval_temp / MiB:.0f} MiB" if eval_temp is not None else ""))
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main():
