@@ -12,10 +12,11 @@ from vxl_jax.model import attention, blocked
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
-    # Small blocks so that a few hundred rows exercise many blocks, the clamped last memory block
-    # and causal block skipping.
-    monkeypatch.setattr(blocked, "MEM_BLOCK", 64)
-    monkeypatch.setattr(blocked, "CHUNK_BLOCK", 48)
+    # Small tiles so that a few hundred rows exercise many tiles, padded query and key tiles, the
+    # clamped last memory tile and causal tile skipping.
+    monkeypatch.setattr(blocked, "Q_BLOCK", 32)
+    monkeypatch.setattr(blocked, "K_BLOCK", 48)
+    monkeypatch.setattr(blocked, "M_BLOCK", 40)
 
 
 def _inputs(seed, B=2, T=150, H=4, KV=2, D=8, M=300, dtype=jnp.float32):
@@ -74,16 +75,18 @@ def test_decode_row_reads_only_filled_memory():
 
 
 def test_memory_loop_trip_count_follows_length():
-    """The memory loop runs ceil(max(mem_len) / MEM_BLOCK) steps, whatever the capacity."""
-    assert int(blocked._mem_trip_count(jnp.asarray([0, 0]), 64)) == 0
-    assert int(blocked._mem_trip_count(jnp.asarray([65, 3]), 64)) == 2
-    assert int(blocked._mem_trip_count(jnp.asarray([128]), 64)) == 2
+    """The memory loop runs ceil(max(mem_len) / K_BLOCK) steps, whatever the capacity."""
+    assert int(blocked._trip_count(jnp.asarray([0, 0]), 64)) == 0
+    assert int(blocked._trip_count(jnp.asarray([65, 3]), 64)) == 2
+    assert int(blocked._trip_count(jnp.asarray([128]), 64)) == 2
 
 
-def test_causal_blocks_skip_the_upper_triangle():
-    blocks = blocked._blocks(150, causal=True)
-    assert [b[2] for b in blocks] == [48, 96, 144, 150]  # keys read by each query block
-    assert all(b[2] == 150 for b in blocked._blocks(150, causal=False))
+def test_causal_tiles_skip_the_upper_triangle():
+    tl = blocked._Tiling(150, 300)  # query tiles of 32 rows, chunk key tiles of 48, memory tiles of 40
+    assert (tl.nq, tl.nk, tl.mb) == (5, 4, 40)
+    # key tiles read by each query tile: rows 0-31 need keys 0-47 (1 tile), rows 128-159 all 4
+    assert [int(tl.chunk_tiles(i, True)) for i in range(tl.nq)] == [1, 2, 2, 3, 4]
+    assert all(int(tl.chunk_tiles(i, False)) == 4 for i in range(tl.nq))
 
 
 def test_bf16_close_to_reference():

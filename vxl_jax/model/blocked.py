@@ -1,15 +1,18 @@
 """Length-aware blocked attention over ``[KV memory (dynamic length) || chunk]``, with its own VJP.
 
-The cost follows what is filled, not the buffer: memory keys are read in blocks of ``MEM_BLOCK``
-slots by a loop whose trip count is ``ceil(max(mem_len) / MEM_BLOCK)`` (a dynamic bound: empty
-capacity costs nothing and the buffer is never copied), and inside the chunk query block ``i``
-reads only key blocks ``0..i`` when causal. Softmax statistics are merged online (running max and
-sum in fp32), so no ``[T, M + T]`` score matrix exists. The backward recomputes scores block by
-block from ``(q, k, v, out, lse)``: nothing quadratic is kept for it.
+Queries are processed in tiles of ``Q_BLOCK`` rows; each tile walks key tiles: first the memory,
+``M_BLOCK`` slots at a time, up to ``ceil(max(mem_len) / M_BLOCK)`` tiles (a dynamic trip count: empty
+capacity costs nothing, and tiles are read in place, so the buffer is never copied), then the
+chunk, ``K_BLOCK`` keys at a time, only up to the tile's last row when causal (tiles above the diagonal are never computed).
+Softmax statistics are merged online (running max and sum in fp32), so no ``[T, M + T]`` score
+matrix exists; tiles are small enough to stay in cache. The backward recomputes scores tile by
+tile from ``(q, k, v, out, lse)``: nothing quadratic is kept for it. All loops are rolled, so
+compile time does not grow with the chunk length.
 
-Shapes: q [B, T, H, Dh]; chunk k, v [B, T, KV, Dh]; memory k, v [B, M, KV, Dh] with
-``mem_len`` [B] valid slots; ``valid`` [B, T] says which chunk keys exist. Query head h reads KV
-head ``h // (H // KV)``. Statistics are kept as [B, KV, G, T] (G = H // KV).
+Shapes: q [B, T, H, Dh]; chunk k, v [B, T, KV, Dh]; memory k, v [B, M, KV, Dh] with ``mem_len``
+[B] valid slots (or the stacked [L, B, M, KV, Dh] memory and a layer index); ``valid`` [B, T]
+says which chunk keys exist. Query head h reads KV head ``h // (H // KV)``. Statistics are kept
+as [B, KV, G, rows] (G = H // KV).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-MEM_BLOCK = 256  # memory slots per loop step
-CHUNK_BLOCK = 256  # query / key rows per block inside the chunk
+Q_BLOCK = 128  # query rows per tile
+K_BLOCK = 128  # chunk keys per tile
+M_BLOCK = 512  # memory slots per tile
 _NEG = -1e30  # finite "minus infinity" for running maxima (masked entries are zeroed explicitly)
 
 
@@ -34,56 +38,81 @@ def _pv(p, v):
     return jnp.einsum("bkgts,bskd->bkgtd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
 
 
+def _rows(x, start, size, axis=1):
+    return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis)
+
+
 def _read(buf, layer, start, block):
     """Slots [start, start + block) of a [B, M, KV, D] buffer, or of layer ``layer`` of a stacked
     [L, B, M, KV, D] buffer (read in place: the layer's buffer is never copied out)."""
     if layer is None:
-        return jax.lax.dynamic_slice_in_dim(buf, start, block, axis=1)
+        return _rows(buf, start, block)
     L, B, M, KV, D = buf.shape
     return jax.lax.dynamic_slice(buf, (layer, 0, start, 0, 0), (1, B, block, KV, D))[0]
 
 
 def _add(buf, layer, start, d):
     """``buf[(layer,) :, start:start + block] += d`` (d [B, block, KV, D])."""
+    cur = _read(buf, layer, start, d.shape[1]) + d
     if layer is None:
-        cur = jax.lax.dynamic_slice_in_dim(buf, start, d.shape[1], axis=1)
-        return jax.lax.dynamic_update_slice_in_dim(buf, cur + d, start, axis=1)
-    cur = _read(buf, layer, start, d.shape[1])
-    return jax.lax.dynamic_update_slice(buf, (cur + d)[None], (layer, 0, start, 0, 0))
+        return jax.lax.dynamic_update_slice_in_dim(buf, cur, start, axis=1)
+    return jax.lax.dynamic_update_slice(buf, cur[None], (layer, 0, start, 0, 0))
 
 
-def _mem_blocks(mem_k, mem_v, layer, i, block, mem_len):
-    """Block i of the memory (the last one clamped to stay inside the buffer).
+def _mem_tile(mem_k, mem_v, layer, j, block, mem_len):
+    """Memory tile j (the last one clamped to stay inside the buffer).
 
-    -> (k, v [B, block, KV, D] with slots outside block i or past mem_len zeroed, ok [B, block] bool,
+    -> (k, v [B, block, KV, D] with slots outside tile j or past mem_len zeroed, ok [B, block] bool,
     start). Zeroing makes whatever an unfilled slot holds irrelevant (0 * garbage never appears).
     """
-    start = jnp.minimum(i * block, mem_k.shape[-3] - block)
+    start = jnp.minimum(j * block, mem_k.shape[-3] - block)
     slots = start + jnp.arange(block)
-    ok = (slots[None] >= i * block) & (slots[None] < mem_len[:, None])
+    ok = (slots[None] >= j * block) & (slots[None] < mem_len[:, None])
     take = lambda m: jnp.where(ok[:, :, None, None], _read(m, layer, start, block), 0)  # noqa: E731
     return take(mem_k), take(mem_v), ok, start
 
 
-def _mem_trip_count(mem_len, block):
+def _trip_count(mem_len, block):
     return (jnp.max(mem_len) + block - 1) // block
 
 
-def _chunk_mask(valid, q0, q1, k1, causal):
-    """[B, q1 - q0, k1] bool for query rows q0..q1 against chunk keys 0..k1."""
-    m = jnp.broadcast_to(valid[:, None, :k1], (valid.shape[0], q1 - q0, k1))
+class _Tiling:
+    """Static tile sizes for a chunk of T rows and a memory of M slots (queries and chunk keys padded)."""
+
+    def __init__(self, T: int, M: int):
+        self.qb = min(Q_BLOCK, T)
+        self.nq = -(-T // self.qb)
+        self.kb = min(K_BLOCK, T)
+        self.nk = -(-T // self.kb)
+        self.mb = min(M_BLOCK, M) if M else 0
+
+    def chunk_tiles(self, i, causal: bool):
+        """Number of chunk key tiles query tile i reads."""
+        if not causal:
+            return self.nk
+        return jnp.minimum(self.nk, ((i + 1) * self.qb + self.kb - 1) // self.kb)
+
+
+def _pad_rows(x, n):
+    return x if x.shape[1] == n else jnp.pad(x, [(0, 0), (0, n - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+
+
+def _chunk_ok(valid_p, rows, j, kb, causal):
+    """[B, qb, kb] bool: chunk key tile j visible from query rows ``rows``."""
+    cols = j * kb + jnp.arange(kb)
+    ok = jnp.broadcast_to(_rows(valid_p, j * kb, kb)[:, None, :], (valid_p.shape[0], rows.shape[0], kb))
     if causal:
-        m = m & (jnp.arange(k1)[None, None, :] <= jnp.arange(q0, q1)[None, :, None])
-    return m
+        ok = ok & (cols[None, None, :] <= rows[None, :, None])
+    return ok
 
 
-def _blocks(T, causal):
-    """Static (q0, q1, k1) per query block: causal blocks read keys only up to their last row."""
-    out = []
-    for q0 in range(0, T, CHUNK_BLOCK):
-        q1 = min(T, q0 + CHUNK_BLOCK)
-        out.append((q0, q1, q1 if causal else T))
-    return out
+def _online(state, s, ok, vb):
+    """Merge one tile of scores s [B, KV, G, qb, kb] (visible where ok) into (m, l, acc)."""
+    m, l, acc = state
+    m_new = jnp.maximum(m, jnp.max(jnp.where(ok, s, _NEG), axis=-1))
+    p = jnp.where(ok, jnp.exp(s - m_new[..., None]), 0.0)
+    corr = jnp.exp(m - m_new)
+    return m_new, l * corr + jnp.sum(p, -1), acc * corr[..., None] + _pv(p, vb)
 
 
 def _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale):
@@ -91,40 +120,47 @@ def _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale):
     B, T, H, D = q.shape
     KV = k.shape[2]
     G = H // KV
-    qg = q.reshape(B, T, KV, G, D)
-    m = jnp.full((B, KV, G, T), _NEG, jnp.float32)
-    l = jnp.zeros((B, KV, G, T), jnp.float32)
-    acc = jnp.zeros((B, KV, G, T, D), jnp.float32)
-    if mem_k is not None and mem_k.shape[-3]:
-        block = min(MEM_BLOCK, mem_k.shape[-3])
+    tl = _Tiling(T, 0 if mem_k is None else mem_k.shape[-3])
+    qg = _pad_rows(q.reshape(B, T, KV, G, D), tl.nq * tl.qb)
+    k_p, v_p = _pad_rows(k, tl.nk * tl.kb), _pad_rows(v, tl.nk * tl.kb)
+    valid_p = _pad_rows(valid, tl.nk * tl.kb)
 
-        def body(i, carry):
-            m, l, acc = carry
-            kb, vb, ok, _ = _mem_blocks(mem_k, mem_v, layer, i, block, mem_len)
-            ok = ok[:, None, None, None, :]
-            s = _scores(qg, kb.astype(q.dtype), scale)
-            m_new = jnp.maximum(m, jnp.max(jnp.where(ok, s, _NEG), axis=-1))
-            p = jnp.where(ok, jnp.exp(s - m_new[..., None]), 0.0)
-            corr = jnp.exp(m - m_new)
-            return m_new, l * corr + jnp.sum(p, -1), acc * corr[..., None] + _pv(p, vb.astype(v.dtype))
+    def tile(i):
+        q_i = _rows(qg, i * tl.qb, tl.qb)
+        rows = i * tl.qb + jnp.arange(tl.qb)
+        state = (jnp.full((B, KV, G, tl.qb), _NEG, jnp.float32), jnp.zeros((B, KV, G, tl.qb), jnp.float32),
+                 jnp.zeros((B, KV, G, tl.qb, D), jnp.float32))
+        if tl.mb:
+            def mem_step(j, st):
+                kb, vb, ok, _ = _mem_tile(mem_k, mem_v, layer, j, tl.mb, mem_len)
+                return _online(st, _scores(q_i, kb.astype(q.dtype), scale), ok[:, None, None, None, :],
+                               vb.astype(v.dtype))
 
-        m, l, acc = jax.lax.fori_loop(0, _mem_trip_count(mem_len, block), body, (m, l, acc))
-    outs, lses = [], []
-    for q0, q1, k1 in _blocks(T, causal):
-        ok = _chunk_mask(valid, q0, q1, k1, causal)[:, None, None]
-        s = _scores(qg[:, q0:q1], k[:, :k1], scale)
-        mb, lb, ab = m[..., q0:q1], l[..., q0:q1], acc[..., q0:q1, :]
-        m_new = jnp.maximum(mb, jnp.max(jnp.where(ok, s, _NEG), axis=-1))
-        p = jnp.where(ok, jnp.exp(s - m_new[..., None]), 0.0)
-        corr = jnp.exp(mb - m_new)
-        lb = lb * corr + jnp.sum(p, -1)
-        ab = ab * corr[..., None] + _pv(p, v[:, :k1])
-        safe = jnp.where(lb > 0, lb, 1.0)  # a row that sees nothing (padding) gives 0, not NaN
-        outs.append(ab / safe[..., None])
-        lses.append(jnp.where(lb > 0, m_new + jnp.log(safe), jnp.inf))
-    out = jnp.concatenate(outs, axis=3)  # [B, KV, G, T, D]
-    out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(B, T, H, D)
-    return out.astype(q.dtype), jnp.concatenate(lses, axis=-1)
+            state = jax.lax.fori_loop(0, _trip_count(mem_len, tl.mb), mem_step, state)
+
+        def chunk_step(j, st):
+            ok = _chunk_ok(valid_p, rows, j, tl.kb, causal)[:, None, None]
+            return _online(st, _scores(q_i, _rows(k_p, j * tl.kb, tl.kb), scale), ok, _rows(v_p, j * tl.kb, tl.kb))
+
+        m, l, acc = jax.lax.fori_loop(0, tl.chunk_tiles(i, causal), chunk_step, state)
+        safe = jnp.where(l > 0, l, 1.0)  # a row that sees nothing (padding) gives 0, not NaN
+        return acc / safe[..., None], jnp.where(l > 0, m + jnp.log(safe), jnp.inf)
+
+    outs, lses = jax.lax.map(tile, jnp.arange(tl.nq))  # [nq, B, KV, G, qb, (D)]
+    out = jnp.transpose(outs, (1, 0, 4, 2, 3, 5)).reshape(B, tl.nq * tl.qb, H, D)[:, :T]
+    lse = jnp.transpose(lses, (1, 2, 3, 0, 4)).reshape(B, KV, G, tl.nq * tl.qb)[..., :T]
+    return out.astype(q.dtype), lse
+
+
+def _tile_grads(s, ok, lse_i, do_i, delta_i, q_i, kb, vb, scale):
+    """Gradients of one tile -> (dq [B, KV, G, qb, D], dk [B, kb, KV, D], dv [B, kb, KV, D]) in fp32."""
+    p = jnp.where(ok, jnp.exp(s - lse_i[..., None]), 0.0)
+    dv = jnp.einsum("bkgts,bkgtd->bskd", p.astype(do_i.dtype), do_i, preferred_element_type=jnp.float32)
+    dp = jnp.einsum("bkgtd,bskd->bkgts", do_i, vb, preferred_element_type=jnp.float32)
+    ds = p * (dp - delta_i[..., None]) * scale
+    dq = jnp.einsum("bkgts,bskd->bkgtd", ds.astype(kb.dtype), kb, preferred_element_type=jnp.float32)
+    dk = jnp.einsum("bkgts,btkgd->bskd", ds.astype(q_i.dtype), q_i, preferred_element_type=jnp.float32)
+    return dq, dk, dv
 
 
 def _backward(q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse, dout, causal, scale):
@@ -132,50 +168,54 @@ def _backward(q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse, dout, caus
     B, T, H, D = q.shape
     KV = k.shape[2]
     G = H // KV
-    qg = q.reshape(B, T, KV, G, D)
-    do = dout.reshape(B, T, KV, G, D)
-    do_t = jnp.transpose(do, (0, 2, 3, 1, 4))  # [B, KV, G, T, D]
-    delta = jnp.sum(do_t.astype(jnp.float32) * jnp.transpose(out.reshape(B, T, KV, G, D), (0, 2, 3, 1, 4)), -1)
-    dq = jnp.zeros((B, KV, G, T, D), jnp.float32)
+    tl = _Tiling(T, 0 if mem_k is None else mem_k.shape[-3])
+    Tq, Tk = tl.nq * tl.qb, tl.nk * tl.kb
+    qg = _pad_rows(q.reshape(B, T, KV, G, D), Tq)
+    do_t = jnp.transpose(_pad_rows(dout.reshape(B, T, KV, G, D), Tq), (0, 2, 3, 1, 4))  # [B, KV, G, Tq, D]
+    out_t = jnp.transpose(_pad_rows(out.reshape(B, T, KV, G, D), Tq), (0, 2, 3, 1, 4))
+    delta = jnp.sum(do_t.astype(jnp.float32) * out_t.astype(jnp.float32), -1)  # [B, KV, G, Tq]
+    lse_p = jnp.pad(lse, [(0, 0)] * 3 + [(0, Tq - T)], constant_values=jnp.inf)
+    k_p, v_p, valid_p = _pad_rows(k, Tk), _pad_rows(v, Tk), _pad_rows(valid, Tk)
 
-    def grads(s, ok, lse_b, do_b, delta_b, qg_b, kb, vb):
-        p = jnp.where(ok, jnp.exp(s - lse_b[..., None]), 0.0)
-        dv_b = jnp.einsum("bkgts,bkgtd->bskd", p.astype(do_b.dtype), do_b, preferred_element_type=jnp.float32)
-        dp = jnp.einsum("bkgtd,bskd->bkgts", do_b, vb, preferred_element_type=jnp.float32)
-        ds = p * (dp - delta_b[..., None]) * scale
-        dq_b = jnp.einsum("bkgts,bskd->bkgtd", ds.astype(kb.dtype), kb, preferred_element_type=jnp.float32)
-        dk_b = jnp.einsum("bkgts,btkgd->bskd", ds.astype(qg_b.dtype), qg_b, preferred_element_type=jnp.float32)
-        return dq_b, dk_b, dv_b
+    def tile(i, carry):
+        dq_all, dk_c, dv_c, dmk, dmv = carry
+        q_i = _rows(qg, i * tl.qb, tl.qb)
+        rows = i * tl.qb + jnp.arange(tl.qb)
+        lse_i, do_i, delta_i = (_rows(lse_p, i * tl.qb, tl.qb, 3), _rows(do_t, i * tl.qb, tl.qb, 3),
+                                _rows(delta, i * tl.qb, tl.qb, 3))
+        dq_i = jnp.zeros((B, KV, G, tl.qb, D), jnp.float32)
+        if tl.mb:
+            def mem_step(j, c):
+                dq_i, dmk, dmv = c
+                kb, vb, ok, start = _mem_tile(mem_k, mem_v, layer, j, tl.mb, mem_len)
+                kb, vb = kb.astype(q.dtype), vb.astype(v.dtype)
+                dq_b, dk_b, dv_b = _tile_grads(_scores(q_i, kb, scale), ok[:, None, None, None, :], lse_i, do_i,
+                                               delta_i, q_i, kb, vb, scale)
+                return dq_i + dq_b, _add(dmk, layer, start, dk_b), _add(dmv, layer, start, dv_b)
 
-    dmem_k = dmem_v = None
-    if mem_k is not None and mem_k.shape[-3]:
-        block = min(MEM_BLOCK, mem_k.shape[-3])
+            dq_i, dmk, dmv = jax.lax.fori_loop(0, _trip_count(mem_len, tl.mb), mem_step, (dq_i, dmk, dmv))
 
-        def body(i, carry):
-            dq, dmk, dmv = carry
-            kb, vb, ok, start = _mem_blocks(mem_k, mem_v, layer, i, block, mem_len)
-            kb, vb = kb.astype(q.dtype), vb.astype(v.dtype)
-            ok = ok[:, None, None, None, :]
-            dq_b, dk_b, dv_b = grads(_scores(qg, kb, scale), ok, lse, do_t, delta, qg, kb, vb)
-            return dq + dq_b, _add(dmk, layer, start, dk_b), _add(dmv, layer, start, dv_b)
+        def chunk_step(j, c):
+            dq_i, dk_c, dv_c = c
+            kb, vb = _rows(k_p, j * tl.kb, tl.kb), _rows(v_p, j * tl.kb, tl.kb)
+            ok = _chunk_ok(valid_p, rows, j, tl.kb, causal)[:, None, None]
+            dq_b, dk_b, dv_b = _tile_grads(_scores(q_i, kb, scale), ok, lse_i, do_i, delta_i, q_i, kb, vb, scale)
+            return dq_i + dq_b, _add(dk_c, None, j * tl.kb, dk_b), _add(dv_c, None, j * tl.kb, dv_b)
 
-        zeros = jnp.zeros(mem_k.shape, jnp.float32)
-        dq, dmem_k, dmem_v = jax.lax.fori_loop(0, _mem_trip_count(mem_len, block), body, (dq, zeros, zeros))
-        dmem_k, dmem_v = dmem_k.astype(mem_k.dtype), dmem_v.astype(mem_v.dtype)
-    dk = jnp.zeros((B, T, KV, D), jnp.float32)
-    dv = jnp.zeros((B, T, KV, D), jnp.float32)
-    dq_parts = []
-    for q0, q1, k1 in _blocks(T, causal):
-        ok = _chunk_mask(valid, q0, q1, k1, causal)[:, None, None]
-        qb = qg[:, q0:q1]
-        s = _scores(qb, k[:, :k1], scale)
-        dq_b, dk_b, dv_b = grads(s, ok, lse[..., q0:q1], do_t[..., q0:q1, :], delta[..., q0:q1], qb,
-                                 k[:, :k1], v[:, :k1])
-        dq_parts.append(dq[..., q0:q1, :] + dq_b)
-        dk = dk.at[:, :k1].add(dk_b)
-        dv = dv.at[:, :k1].add(dv_b)
-    dq = jnp.transpose(jnp.concatenate(dq_parts, axis=3), (0, 3, 1, 2, 4)).reshape(B, T, H, D)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dmem_k, dmem_v
+        dq_i, dk_c, dv_c = jax.lax.fori_loop(0, tl.chunk_tiles(i, causal), chunk_step, (dq_i, dk_c, dv_c))
+        dq_all = jax.lax.dynamic_update_slice_in_dim(dq_all, dq_i, i * tl.qb, axis=3)
+        return dq_all, dk_c, dv_c, dmk, dmv
+
+    zeros_c = jnp.zeros((B, Tk, KV, D), jnp.float32)
+    zeros_m = jnp.zeros(mem_k.shape, jnp.float32) if tl.mb else None
+    carry = (jnp.zeros((B, KV, G, Tq, D), jnp.float32), zeros_c, zeros_c, zeros_m, zeros_m)
+    dq, dk, dv, dmk, dmv = jax.lax.fori_loop(0, tl.nq, tile, carry)
+    dq = jnp.transpose(dq, (0, 3, 1, 2, 4)).reshape(B, Tq, H, D)[:, :T]
+    if tl.mb:
+        dmk, dmv = dmk.astype(mem_k.dtype), dmv.astype(mem_v.dtype)
+    elif mem_k is not None:
+        dmk, dmv = jnp.zeros_like(mem_k), jnp.zeros_like(mem_v)
+    return dq.astype(q.dtype), dk[:, :T].astype(k.dtype), dv[:, :T].astype(v.dtype), dmk, dmv
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
