@@ -127,3 +127,20 @@ def test_sampling_is_seeded_and_respects_top_k():
     assert set(draws) <= {97, 98, 99} and len(set(draws)) > 1
     again = [choose(logits, np.array([], np.int64), p, np.random.default_rng(s)) for s in range(40)]
     assert draws == again
+
+
+def test_video_memory_shares_the_prompt_memory_and_survives_generation(vx, prompt):
+    """The video memory is the prompt memory read up to the video's end (one device buffer), and
+    asking from it twice gives the same answer: nothing a caller holds is ever donated."""
+    ids, pixels = prompt
+    res = vx.prefill(ids, pixels, ratio=8)
+    video = res.video_memory
+    assert video.kv.k is res.memory.k
+    assert video.sizes == {"prefix": 6, "beacons": 54, "text": 0, "total": 60}
+    assert res.sizes["total"] == 60 + len(ids) - 7 and res.sizes["text"] == len(ids) - 7
+    question = ids[7:]
+    first = vx.generate(question, None, memory=video, max_new_tokens=4, stop_ids=[])
+    again = vx.generate(question, None, memory=video, max_new_tokens=4, stop_ids=[])
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first, vx.generate(ids, pixels, ratio=8, max_new_tokens=4, stop_ids=[]))
+    assert np.isfinite(np.asarray(res.memory.k)).all()  # still alive

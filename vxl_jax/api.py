@@ -178,11 +178,11 @@ class VideoXL:
         return KVMemory.empty(lm.num_layers, 1, _round_up(slots, _SLOT_BUCKET), lm.num_kv_heads, lm.head_dim,
                               self._dtype)
 
-    def _text(self, mem: KVMemory, ids: np.ndarray, kind: str):
+    def _text(self, mem: KVMemory, ids: np.ndarray, kind: str, donate: bool = False):
         n = len(ids)
         padded = np.zeros((1, _round_up(n, _TEXT_BUCKET)), np.int32)
         padded[0, :n] = ids
-        logits, mem = self.engine.text(mem, jnp.asarray(padded), jnp.array([n], jnp.int32), kind=kind)
+        logits, mem = self.engine.text(mem, jnp.asarray(padded), jnp.array([n], jnp.int32), kind=kind, donate=donate)
         return logits[0, :n], mem
 
     # ------------------------------------------------------------------ visual tokens
@@ -215,7 +215,7 @@ class VideoXL:
             if pixel_values is not None or features is not None:
                 raise ValueError("pixel_values given but input_ids have no -200 video placeholder")
             mem = self._empty_memory(len(prefix) + extra_slots + _TEXT_BUCKET)
-            logits, mem = self._text(mem, prefix, "text")
+            logits, mem = self._text(mem, prefix, "text", donate=True)
             self._record_stats(t_start, c0, r0, frames=0, visual=0, mem=mem)
             return PrefillResult(np.asarray(logits, np.float32), mem)
         if pixel_values is None and features is None:
@@ -233,7 +233,7 @@ class VideoXL:
         max_beacons = n_windows * (b.window // min(ratios))
         mem = self._empty_memory(len(prefix) + max_beacons + len(suffix) + extra_slots + 2 * _TEXT_BUCKET)
         if len(prefix):
-            _, mem = self._text(mem, prefix, "prefix")
+            _, mem = self._text(mem, prefix, "prefix", donate=True)
 
         counts = np.clip(num_visual - np.arange(n_windows) * b.window, 0, b.window).astype(np.int32)
         # Window inputs are prepared per scan call (no full padded copy of the video on the host).
@@ -249,8 +249,11 @@ class VideoXL:
             start += size
             bar.update(size)
         bar.close()
-        video_mem = VideoMemory(mem, prefix, frames, num_visual)
-        logits, mem = self._text(mem, suffix, "text")
+        logits, mem = self._text(mem, suffix, "text", donate=True)
+        # The memory is append-only: the video memory is the full memory read up to its video length, so it
+        # shares the K/V buffers (one copy on the device, not two). Nothing ever donates a user-held memory.
+        n = len(suffix)
+        video_mem = VideoMemory(mem.replace(length=mem.length - n, n_text=mem.n_text - n), prefix, frames, num_visual)
         self._record_stats(t_start, c0, r0, frames=frames, visual=num_visual, mem=mem)
         return PrefillResult(np.asarray(logits, np.float32), mem, video_mem, tuple(ratios[i] for i in ratio_idx))
 

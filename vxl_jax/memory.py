@@ -31,9 +31,10 @@ class KVMemory:
 
     @staticmethod
     def empty(num_layers: int, batch: int, capacity: int, kv_heads: int, head_dim: int, dtype) -> "KVMemory":
-        z = jnp.zeros((num_layers, batch, capacity, kv_heads, head_dim), dtype)
-        zi = jnp.zeros((batch,), jnp.int32)
-        return KVMemory(z, z, zi, zi, zi, zi)
+        shape = (num_layers, batch, capacity, kv_heads, head_dim)
+        zi = lambda: jnp.zeros((batch,), jnp.int32)  # noqa: E731
+        # every field gets a buffer of its own: steps donate the memory
+        return KVMemory(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), zi(), zi(), zi(), zi())
 
     def sizes(self) -> dict:
         return {"prefix": self.n_prefix, "beacons": self.n_beacons, "text": self.n_text, "total": self.length}

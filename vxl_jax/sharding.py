@@ -278,6 +278,38 @@ def batch_sharding(mesh: Mesh, shape: Sequence[int] | None = None, rules=None) -
 
 MEMORY_AXES = ("cache_layers", "cache_batch", "cache_slots", "cache_kv_heads", "head_dim")
 
+_ACTIVATION_CONTEXT: list[tuple[Mesh, Any]] = []
+
+
+class activation_sharding:
+    """``with activation_sharding(mesh, rules):`` while tracing makes :func:`constrain` pin
+    activations to the rules' shardings (e.g. the batch of every window inside the window scan,
+    where XLA's propagation alone may fall back to replication). Outside it, :func:`constrain` is
+    a no-op, so model code runs unchanged on one device."""
+
+    def __init__(self, mesh: Mesh | None, rules=None):
+        self.entry = None if mesh is None else (mesh, get_rules(rules))
+
+    def __enter__(self):
+        _ACTIVATION_CONTEXT.append(self.entry)
+        return self
+
+    def __exit__(self, *exc):
+        _ACTIVATION_CONTEXT.pop()
+
+
+def constrain(x, axes: Sequence[str | None]):
+    """``with_sharding_constraint`` of ``x`` to logical ``axes`` under :class:`activation_sharding`."""
+    if not _ACTIVATION_CONTEXT or _ACTIVATION_CONTEXT[-1] is None:
+        return x
+    mesh, rules = _ACTIVATION_CONTEXT[-1]
+    return jax.lax.with_sharding_constraint(x, logical_sharding(mesh, axes, x.shape, rules))
+
+
+def constrain_memory(k, v):
+    """Pin KV memory k/v [L, B, M, KV, Dh] (or their cotangents) to the memory axes."""
+    return constrain(k, MEMORY_AXES), constrain(v, MEMORY_AXES)
+
 
 def memory_shardings(mem, mesh: Mesh, rules=None):
     """Shardings for a :class:`vxl_jax.memory.KVMemory`: k/v [L, B, M, KV, Dh], counters [B]."""

@@ -25,6 +25,7 @@ from flax import nnx
 
 from vxl_jax.beacon.windows import _encode, window_step
 from vxl_jax.memory import KVMemory
+from vxl_jax.sharding import constrain, constrain_memory
 
 _COUNTERS = ("length", "n_prefix", "n_beacons", "n_text")
 
@@ -36,10 +37,11 @@ def _with_counters(k, v, counters) -> KVMemory:
 def _window(graphdef, params, rest, k, v, counters, inp, n, *, ratio, from_pixels, attention, remat, keep):
     """One window on the memory ``(k, v, counters)`` -> (new k, new v, new counters)."""
     model = nnx.merge(graphdef, params, rest)
+    k, v = constrain_memory(k, v)
     feats = _encode(model, inp, from_pixels)
     mem = window_step(model, _with_counters(k, v, counters), feats, n, ratio, attention=attention, remat=remat,
                       keep=keep, sliced_memory=True)[0]
-    return mem.k, mem.v, tuple(getattr(mem, c) for c in _COUNTERS)
+    return *constrain_memory(mem.k, mem.v), tuple(getattr(mem, c) for c in _COUNTERS)
 
 
 def compress_windows_lean(model, mem: KVMemory, windows, n_valid, ratio_idx, *, ratios: tuple[int, ...],
@@ -95,7 +97,7 @@ def compress_windows_lean(model, mem: KVMemory, windows, n_valid, ratio_idx, *, 
             else:
                 dp, dk, dv = jax.lax.switch(idx, branches, counters, inp, n, dk, dv)
             dparams = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), dparams, dp)
-            return (dparams, dk, dv), None
+            return (dparams, *constrain_memory(dk, dv)), None
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         (dparams, dk, dv), _ = jax.lax.scan(back, (zeros, gk, gv), (starts, windows, n_valid, ratio_idx),

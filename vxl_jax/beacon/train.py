@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from vxl_jax.beacon.lean import compress_windows_lean
 from vxl_jax.beacon.windows import compress_windows, window_token_counts
 from vxl_jax.memory import KVMemory, append
+from vxl_jax.sharding import constrain, constrain_memory
 
 IGNORE_INDEX = -100
 
@@ -54,6 +55,7 @@ def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], rem
         raise ValueError(f"ratio_idx must have shape ({W},) for {F} frames, got {ratio_idx.shape}")
     capacity = P + W * (b.window // min(ratios))
     mem = KVMemory.empty(cfg.lm.num_layers, B, capacity, cfg.lm.num_kv_heads, cfg.lm.head_dim, dtype)
+    mem = mem.replace(**dict(zip(("k", "v"), constrain_memory(mem.k, mem.v))))
 
     # Prefix: plain causal text, kept in full as the sink.
     t = jnp.arange(P, dtype=jnp.int32)[None]
@@ -69,6 +71,7 @@ def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], rem
         pad = W * fpw - F
         px = jnp.pad(pixels, [(0, 0), (0, pad)] + [(0, 0)] * (pixels.ndim - 2))
         windows = px.reshape(B, W, fpw, *pixels.shape[2:]).swapaxes(0, 1)  # [W, B, fpw, *frame]
+        windows = constrain(windows, (None, "batch") + (None,) * (windows.ndim - 2))
         n_valid = window_token_counts(batch["num_frames"] * b.tokens_per_frame, W, b.window)
         kw = dict(ratios=ratios, from_pixels=True, attention=rt.attention, remat=remat, keep=keep_memory)
         if window_backward == "lean":

@@ -22,6 +22,7 @@ import numpy as np
 
 from vxl_jax.memory import KVMemory, append
 from vxl_jax.model.scan import remat_policy
+from vxl_jax.sharding import constrain
 
 
 def interleave_layout(window: int, ratio: int):
@@ -74,8 +75,9 @@ def _encode(model, window_input, from_pixels: bool):
     if not from_pixels:
         return window_input.astype(model.compute_dtype)
     B, f = window_input.shape[:2]
-    tokens = model.encode_frames(window_input.reshape(B * f, *window_input.shape[2:]))
-    return tokens.reshape(B, f * tokens.shape[1], tokens.shape[2])
+    frames = constrain(window_input.reshape(B * f, *window_input.shape[2:]), ("frames",) + (None,) * (window_input.ndim - 2))
+    tokens = model.encode_frames(frames)
+    return constrain(tokens.reshape(B, f * tokens.shape[1], tokens.shape[2]), ("batch", "length", "act_embed"))
 
 
 def compress_windows(model, mem: KVMemory, windows, n_valid, ratio_idx, *, ratios: tuple[int, ...],

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 
 Q_BLOCK = 128  # query rows per tile
 K_BLOCK = 128  # chunk keys per tile
-M_BLOCK = 512  # memory slots per tile
+M_BLOCK = 512  # memory slots per tile (for a full query tile)
+M_BLOCK_MAX = 2048  # memory tiles grow as query tiles shrink (decoding: 1 row), up to this
 _NEG = -1e30  # finite "minus infinity" for running maxima (masked entries are zeroed explicitly)
 
 
@@ -84,7 +85,8 @@ class _Tiling:
         self.nq = -(-T // self.qb)
         self.kb = min(K_BLOCK, T)
         self.nk = -(-T // self.kb)
-        self.mb = min(M_BLOCK, M) if M else 0
+        # fewer query rows -> longer memory tiles (same tile area), so decoding takes few loop steps
+        self.mb = min(M, max(M_BLOCK, min(M_BLOCK_MAX, M_BLOCK * (Q_BLOCK // self.qb))))
 
     def chunk_tiles(self, i, causal: bool):
         """Number of chunk key tiles query tile i reads."""

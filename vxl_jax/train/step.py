@@ -64,6 +64,10 @@ class Trainer:
                              keep_memory=self.keep_memory)
 
     def _train_step(self, state, batch):
+        with sh.activation_sharding(self.mesh, self.rules):  # traced under the rules, backward included
+            return self._train_step_body(state, batch)
+
+    def _train_step_body(self, state, batch):
         accum, _, F = batch["pixels"].shape[:3]
         fpw = nnx.merge(self.graphdef, state["params"], state["frozen"]).cfg.beacon.frames_per_window
         W = num_windows(F, fpw)
@@ -92,7 +96,8 @@ class Trainer:
     def _eval_step(self, state, batch, ratio_idx):
         """batch {field: [1, B, ...]} (one micro-batch), ratio_idx [W] -> (loss_sum, n_tokens)."""
         mb = jax.tree.map(lambda x: x[0], batch)
-        loss_sum, n = self.loss_fn(state["params"], state["frozen"], mb, ratio_idx)
+        with sh.activation_sharding(self.mesh, self.rules):
+            loss_sum, n = self.loss_fn(state["params"], state["frozen"], mb, ratio_idx)
         return loss_sum, n
 
     def compile(self):
