@@ -43,3 +43,23 @@ def tiny_cfg():
     from vxl_jax.config import VideoXLConfig
 
     return VideoXLConfig.from_yaml(ROOT / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def vx(tiny_cfg):
+    """A tiny random VideoXL (fresh per test module: its ratio RNG and compile cache are not shared)."""
+    from vxl_jax.api import VideoXL
+    from vxl_jax.model import random_model
+
+    return VideoXL(tiny_cfg, random_model(tiny_cfg, seed=11, std=0.2))
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    """Token ids with one video placeholder (6 before, 5 after) and 3 preprocessed float frames."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ids = np.concatenate([rng.integers(3, 500, 6), [-200], rng.integers(3, 500, 5)])
+    pixels = rng.normal(size=(3, 3, 336, 336)).astype(np.float32)
+    return ids, pixels

@@ -6,23 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vxl_jax.api import VideoXL
-from vxl_jax.model import random_model
 from vxl_jax.sampling import (SamplingParams, apply_repetition_penalty, choose, choose_jax, repetition_penalty_jax,
                               seen_mask, warp, warp_jax)
-
-
-@pytest.fixture(scope="module")
-def vx(tiny_cfg):
-    return VideoXL(tiny_cfg, random_model(tiny_cfg, seed=11, std=0.2))
-
-
-@pytest.fixture(scope="module")
-def prompt():
-    rng = np.random.default_rng(0)
-    ids = np.concatenate([rng.integers(3, 500, 6), [-200], rng.integers(3, 500, 5)])
-    pixels = rng.normal(size=(3, 3, 336, 336)).astype(np.float32)
-    return ids, pixels
 
 
 def host_loop(vx, ids, pixels, *, max_new, params, stops, seed=0):

@@ -11,19 +11,6 @@ from vxl_jax.model import random_model
 from vxl_jax.sampling import SamplingParams, apply_repetition_penalty, choose, warp
 
 
-@pytest.fixture(scope="module")
-def vx(tiny_cfg):
-    return VideoXL(tiny_cfg, random_model(tiny_cfg, seed=11, std=0.2))
-
-
-@pytest.fixture(scope="module")
-def prompt():
-    rng = np.random.default_rng(0)
-    ids = np.concatenate([rng.integers(3, 500, 6), [-200], rng.integers(3, 500, 5)])
-    pixels = rng.normal(size=(3, 3, 336, 336)).astype(np.float32)
-    return ids, pixels
-
-
 def test_cached_decoding_equals_recompute(vx, prompt):
     """Each decoding step's logits equal a from-scratch prefill of the prompt plus the tokens so far."""
     ids, pixels = prompt

@@ -25,7 +25,7 @@ from flax import nnx
 
 from vxl_jax.beacon.windows import _encode, window_step
 from vxl_jax.memory import KVMemory
-from vxl_jax.sharding import constrain, constrain_memory
+from vxl_jax.sharding import constrain_memory
 
 _COUNTERS = ("length", "n_prefix", "n_beacons", "n_text")
 
