@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -39,6 +40,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-shard-gb", type=float, default=5.0, help="--to-torch shard size")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
+    # Orbax (reading our folders) wants absolute paths: resolve relative ones against the current directory.
+    args.src, args.dst = os.path.abspath(args.src), os.path.abspath(args.dst)
+    if args.vision_config:
+        args.vision_config = os.path.abspath(args.vision_config)
 
     from vxl_jax.config import ConfigError
     from vxl_jax.convert import ConversionError, convert, export_torch
@@ -52,8 +57,12 @@ def main(argv=None) -> int:
         else:
             summary = convert(args.src, args.dst, dtype=args.dtype, vision_config=args.vision_config,
                               init_beacon=args.init_beacon, progress=not args.quiet)
-    except (ConversionError, ConfigError) as e:
+    except (ConversionError, ConfigError) as e:  # one message (it may list every offending tensor)
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as e:  # anything else that reaches here (e.g. from Orbax): one line, no traceback
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
     if summary["direction"] == "torch->jax":

@@ -261,3 +261,30 @@ def test_row_blocked_conversion_and_export(released, tmp_path, monkeypatch):
     export_torch(out, back, progress=False)
     got = load_file(os.path.join(back, "model.safetensors"))
     assert all(np.array_equal(got[n], tensors[n]) for n in tensors)
+
+
+def _cli(*args, cwd, script="convert_weights.py"):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args), "--quiet"],
+                          capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def test_cli_relative_paths_and_unexpected_errors_are_one_line(tmp_path):
+    """--to-torch with relative --src/--dst on a training export (an OCDBT Orbax checkpoint, which Orbax only
+    reads from an absolute path: the CLI resolves them); a failure outside the converter's own checks is still
+    one line and exit 2, never a traceback."""
+    from vxl_jax.checkpoint import save_converted
+    from vxl_jax.demo import default_model
+
+    work = tmp_path / "cwd"
+    vx = default_model()
+    save_converted(work / "runs" / "export", vx.model, vx.tokenizer)  # what train.py writes
+    r = _cli("--to-torch", "--src", "runs/export", "--dst", "torch_out", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and (work / "torch_out" / "model.safetensors").is_file()
+    assert json.loads(r.stdout)["direction"] == "jax->torch"
+    (work / "a_file").write_text("not a folder")
+    r = _cli("--to-torch", "--src", "runs/export", "--dst", "a_file/out", cwd=work)
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, r.stderr
