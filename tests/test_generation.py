@@ -131,3 +131,21 @@ def test_video_memory_shares_the_prompt_memory_and_survives_generation(vx, promp
     np.testing.assert_array_equal(first, again)
     np.testing.assert_array_equal(first, vx.generate(ids, pixels, ratio=8, max_new_tokens=4, stop_ids=[]))
     assert np.isfinite(np.asarray(res.memory.k)).all()  # still alive
+
+
+def test_memory_from_another_model_of_the_same_shape_is_refused(vx, prompt, tmp_path, tiny_cfg):
+    """Same geometry, other weights: the fingerprint in the file's metadata tells them apart."""
+    from vxl_jax.memory_io import MemoryMismatchError
+
+    ids, pixels = prompt
+    path = tmp_path / "m.mem"
+    vx.save_memory(path, vx.prefill(ids, pixels, ratio=8).video_memory)
+    other = VideoXL(tiny_cfg, random_model(tiny_cfg, seed=12, std=0.2))
+    with pytest.raises(MemoryMismatchError, match="made by another model .*encode the video again"):
+        other.load_memory(path)
+    # the same weights in bfloat16 (e.g. the checkpoint loaded with --dtype bfloat16) are the same model
+    same_bf16 = VideoXL(tiny_cfg.with_runtime(param_dtype="bfloat16", compute_dtype="bfloat16"),
+                        random_model(tiny_cfg.with_runtime(param_dtype="bfloat16", compute_dtype="bfloat16"),
+                                     seed=11, std=0.2))
+    assert same_bf16.fingerprint() == vx.fingerprint() != other.fingerprint()
+    assert same_bf16.load_memory(path).sizes["total"] == 60

@@ -373,6 +373,12 @@ class VideoXL:
 
     # ------------------------------------------------------------------ memory persistence
 
+    def fingerprint(self) -> str:
+        """Short hash identifying this model's weights (stored in saved memories, checked on load)."""
+        from vxl_jax.memory_io import model_fingerprint
+
+        return model_fingerprint(self.model, self.cfg)
+
     def save_memory(self, path, memory: VideoMemory) -> None:
         """Write a video memory (``PrefillResult.video_memory``) to ``path`` (safetensors)."""
         from vxl_jax.memory_io import save_memory
@@ -381,12 +387,15 @@ class VideoXL:
             memory = VideoMemory(memory, np.zeros((0,), np.int32))
         save_memory(path, memory.kv, self.cfg, extra={"prompt_ids": [int(i) for i in memory.prompt_ids],
                                                       "frames": memory.frames,
-                                                      "visual_tokens": memory.visual_tokens})
+                                                      "visual_tokens": memory.visual_tokens},
+                    fingerprint=self.fingerprint())
 
     def load_memory(self, path) -> VideoMemory:
+        """Read a memory written by :meth:`save_memory`; one saved by another model (other geometry, or other
+        weights: see :func:`vxl_jax.memory_io.model_fingerprint`) raises ``MemoryMismatchError`` (a ValueError)."""
         from vxl_jax.memory_io import load_memory
 
-        kv, extra = load_memory(path, self.cfg, dtype=self._dtype)
+        kv, extra = load_memory(path, self.cfg, dtype=self._dtype, fingerprint=self.fingerprint())
         return VideoMemory(kv, np.asarray(extra.get("prompt_ids", []), np.int32), int(extra.get("frames", 0)),
                            int(extra.get("visual_tokens", 0)))
 

@@ -1,11 +1,13 @@
 """Save / load a compressed video memory (``KVMemory``, batch 1) as safetensors + JSON metadata.
 
-Only the valid slots are stored. The metadata names the model geometry, so loading a memory into a
-model of another shape is a clear error instead of garbage.
+Only the valid slots are stored. The metadata names the model geometry and a fingerprint of the
+model's weights (:func:`model_fingerprint`), so loading a memory into a model of another shape, or into
+another model of the same shape, is a clear error instead of garbage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -25,8 +27,35 @@ def _geometry(cfg: VideoXLConfig) -> dict:
             "hidden_size": lm.hidden_size, "vocab_size": lm.vocab_size, "rope_theta": lm.rope_theta}
 
 
-def save_memory(path, mem: KVMemory, cfg: VideoXLConfig, extra: dict | None = None) -> None:
-    """``extra``: JSON-able facts stored beside the K/V (e.g. prompt ids, frame count)."""
+FINGERPRINT_ROWS = 4  # leading rows of the token embedding that enter the fingerprint
+
+
+class MemoryMismatchError(ValueError):
+    """A memory file made by another model (other geometry or other weights)."""
+
+
+def model_fingerprint(model, cfg: VideoXLConfig) -> str:
+    """A short hash of the geometry and a few parameter values: the beacon embedding, the first
+    ``FINGERPRINT_ROWS`` rows of the token embedding and the first row of the projector's output layer.
+
+    Values are rounded to bfloat16 first, so a checkpoint loaded as float32 or as bfloat16 gives the same
+    fingerprint; two differently trained (or randomly initialised) models differ. Cheap: a few rows are read
+    from the device.
+    """
+    import ml_dtypes
+
+    parts = [model.lm.beacon_embed[...], model.lm.embed[...][:FINGERPRINT_ROWS],
+             model.projector.fc2.kernel[...][0]]  # the projector too: stage-1 training changes only it
+    h = hashlib.sha256(json.dumps(_geometry(cfg), sort_keys=True).encode())
+    for x in parts:
+        h.update(np.asarray(np.asarray(x, np.float32).astype(ml_dtypes.bfloat16)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_memory(path, mem: KVMemory, cfg: VideoXLConfig, extra: dict | None = None,
+                fingerprint: str | None = None) -> None:
+    """``extra``: JSON-able facts stored beside the K/V (e.g. prompt ids, frame count); ``fingerprint``: the
+    producing model's :func:`model_fingerprint` (checked by :func:`load_memory`)."""
     if mem.k.shape[1] != 1:
         raise ValueError(f"save_memory stores one prompt's memory (batch 1), got batch {mem.k.shape[1]}")
     n = int(np.asarray(mem.length)[0])
@@ -34,12 +63,16 @@ def save_memory(path, mem: KVMemory, cfg: VideoXLConfig, extra: dict | None = No
     v = np.asarray(mem.v[:, 0, :n].astype(jnp.float32))
     meta = {"format": FORMAT, "geometry": _geometry(cfg), "dtype": str(mem.k.dtype),
             "sizes": mem.host_sizes(), "extra": extra or {}}
+    if fingerprint is not None:
+        meta["model_fingerprint"] = fingerprint
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file({"k": k, "v": v}, str(path), metadata={"vxl": json.dumps(meta)})
 
 
-def load_memory(path, cfg: VideoXLConfig, dtype=jnp.float32) -> tuple[KVMemory, dict]:
-    """-> (memory, the ``extra`` dict it was saved with)."""
+def load_memory(path, cfg: VideoXLConfig, dtype=jnp.float32, fingerprint: str | None = None) -> tuple[KVMemory, dict]:
+    """-> (memory, the ``extra`` dict it was saved with). With ``fingerprint`` (this model's
+    :func:`model_fingerprint`), a file saved with another model's fingerprint is refused
+    (``MemoryMismatchError``); files saved without one are accepted on geometry alone."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"memory file not found: {path}")
     from safetensors import safe_open
@@ -53,8 +86,13 @@ def load_memory(path, cfg: VideoXLConfig, dtype=jnp.float32) -> tuple[KVMemory, 
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a vxl-jax memory file (format {meta.get('format')!r})")
     if meta["geometry"] != _geometry(cfg):
-        raise ValueError(f"memory {path} was made by a model with geometry {meta['geometry']}, "
-                         f"this model has {_geometry(cfg)}")
+        raise MemoryMismatchError(f"memory {path} was made by a model with geometry {meta['geometry']}, "
+                                  f"this model has {_geometry(cfg)}")
+    saved = meta.get("model_fingerprint")
+    if fingerprint is not None and saved is not None and saved != fingerprint:
+        raise MemoryMismatchError(
+            f"memory {path} was made by another model (fingerprint {saved}, this model's is {fingerprint}); "
+            f"encode the video again with this model (--save-memory)")
     s = meta["sizes"]
     as_i32 = lambda x: jnp.array([x], jnp.int32)  # noqa: E731
     mem = KVMemory(jnp.asarray(arrays["k"], dtype)[:, None], jnp.asarray(arrays["v"], dtype)[:, None],
