@@ -8,6 +8,8 @@
 Sections ``train``/``data``/``checkpoint`` of the preset are described in vxl_jax/train/config.py.
 The run resumes from ``<workdir>/checkpoints`` when it exists, and exports the final model to
 ``<workdir>/export`` (a converted folder for ``infer.py --model``). SIGTERM checkpoints and exits.
+A run that already reached ``train.steps`` trains nothing and keeps its export (raise ``train.steps``
+to continue it, or pass ``--re-export`` to write the export again from its last checkpoint).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ def main(argv=None) -> int:
                                 epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--config", default="configs/tiny.yaml", help="preset YAML (default: configs/tiny.yaml)")
     p.add_argument("--export", default=None, help="write the final model here (default: <workdir>/export)")
+    p.add_argument("--re-export", action="store_true",
+                   help="the run already finished: write its export again from the last checkpoint")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=50 runtime mesh: "
                                                 "model.runtime.mesh.fsdp=4")
     args = p.parse_args(argv)
@@ -30,12 +34,21 @@ def main(argv=None) -> int:
     from vxl_jax.train.loop import run
 
     try:
-        summary = run(args.config, args.overrides, export=args.export)
+        summary = run(args.config, args.overrides, export=args.export, re_export=args.re_export)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     last = summary.get("last") or {}
-    print(f"done: step {summary['final_step']}, loss {last.get('loss', float('nan')):.4f}"
+    if summary.get("already_finished"):
+        export = summary.get("export")
+        print(f"nothing to do: the run in {summary['workdir']} already finished (checkpoint at step "
+              f"{summary['final_step']}, train.steps={summary['steps']})"
+              + (f", last loss {last['loss']:.4f}" if "loss" in last else "")
+              + (f"; its export {export} is unchanged (--re-export writes it again)" if export else "")
+              + f". To train further, raise train.steps (e.g. train.steps={summary['steps'] * 2}).")
+        return 0
+    loss = f", loss {last['loss']:.4f}" if "loss" in last else ""
+    print(f"done: step {summary['final_step']}{loss}"
           + (f", eval loss {summary['eval_loss']:.4f}" if "eval_loss" in summary else "")
           + f", {summary['train_time_s']:.1f}s; checkpoints in {summary['checkpoints']}; metrics {summary['metrics']}")
     return 0

@@ -132,3 +132,28 @@ def test_restore_onto_another_mesh(straight):
             np.testing.assert_array_equal(x, y)
         for leaf, want in zip(jax.tree.leaves(restored), jax.tree.leaves(shd)):
             assert leaf.sharding.is_equivalent_to(want, leaf.ndim)
+
+
+def test_rerunning_a_finished_run_changes_nothing(straight, env):
+    """The same command again: 'already finished', no nan loss, no training, the export untouched; --re-export
+    writes the export again (same parameters)."""
+    base, data = straight
+    work = base / "straight"
+    marker = work / "export" / "vxl_config.json"
+    before = (os.stat(marker).st_mtime_ns, os.stat(marker).st_ino, open(work / "metrics.jsonl").read())
+    r = subprocess.run(cli(work, data), env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "already finished" in r.stdout and f"step {N}, train.steps={N}" in r.stdout, r.stdout
+    assert "nan" not in r.stdout and "exported" not in r.stdout and f"steps {N}->{N}" not in r.stdout
+    assert "--re-export" in r.stdout and "train.steps=" in r.stdout
+    assert (os.stat(marker).st_mtime_ns, os.stat(marker).st_ino, open(work / "metrics.jsonl").read()) == before
+    ref = params(work / "export")
+    cmd = cli(work, data)
+    cmd.insert(2, "--re-export")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "exported the trained model" in r.stdout and "nan" not in r.stdout, r.stdout
+    assert (os.stat(marker).st_mtime_ns, os.stat(marker).st_ino) != before[:2]
+    assert open(work / "metrics.jsonl").read() == before[2]
+    for x, y in zip(jax.tree.leaves(ref), jax.tree.leaves(params(work / "export"))):
+        np.testing.assert_array_equal(x, y)

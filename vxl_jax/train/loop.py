@@ -133,8 +133,27 @@ def export_model(path: str, trainer, state, tokenizer_name: str):
     return path
 
 
-def run(config_path: str, overrides: list[str] | None = None, export: str | None = None) -> dict:
-    """Train per the preset; returns a summary (final step, last loss, eval loss, paths, timings)."""
+def last_logged(metrics_path: str, step: int) -> dict:
+    """The last metrics line written for training step ``step`` ({} if there is none)."""
+    last = {}
+    if os.path.isfile(metrics_path):
+        with open(metrics_path) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("step") == step and "loss" in rec:
+                    last = rec
+    return last
+
+
+def run(config_path: str, overrides: list[str] | None = None, export: str | None = None,
+        re_export: bool = False) -> dict:
+    """Train per the preset; returns a summary (final step, last loss, eval loss, paths, timings).
+
+    A run whose checkpoint already reached ``train.steps`` trains nothing and leaves its export alone:
+    the summary says ``already_finished``. ``re_export`` writes the export again from that checkpoint."""
     from tqdm.auto import tqdm
 
     from vxl_jax import sharding as sh
@@ -158,6 +177,16 @@ def run(config_path: str, overrides: list[str] | None = None, export: str | None
     workdir = os.path.abspath(tcfg.workdir)
     os.makedirs(workdir, exist_ok=True)
     n_proc, is_main = jax.process_count(), jax.process_index() == 0
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    export = export or (os.path.join(workdir, "export") if ccfg.export else None)
+    ckpt = Checkpoints(ccfg.dir or os.path.join(workdir, "checkpoints"), keep=ccfg.keep, every=ccfg.every)
+    done = ckpt.latest_step() if ccfg.resume else None
+    if done is not None and done >= tcfg.steps and not (re_export and export):
+        ckpt.close()  # nothing to train: no model, data or compile
+        return {"workdir": workdir, "start_step": done, "final_step": done, "already_finished": True,
+                "steps": tcfg.steps, "last": last_logged(metrics_path, done), "train_time_s": 0.0,
+                "checkpoints": ckpt.directory, "metrics": metrics_path, "stopped": False,
+                "export": export if export and os.path.isdir(export) else None}
     mesh = sh.make_mesh(cfg.runtime.mesh)
 
     loader, eval_records, spec = setup_data(cfg, tcfg, dcfg, workdir, n_proc)
@@ -167,7 +196,6 @@ def run(config_path: str, overrides: list[str] | None = None, export: str | None
     graphdef, state, shardings = st.init_state(model, tx, optim.trainable_filter(tcfg.trainable, tcfg.freeze_vision),
                                                mesh, tcfg.seed)
     del model
-    ckpt = Checkpoints(ccfg.dir or os.path.join(workdir, "checkpoints"), keep=ccfg.keep, every=ccfg.every)
     start = 0
     if ccfg.resume and ckpt.latest_step() is not None:
         state, data_state, start = ckpt.restore(st.abstract_state(state))
@@ -177,7 +205,9 @@ def run(config_path: str, overrides: list[str] | None = None, export: str | None
             log.warning("checkpoint step %d has no data-iterator state: the data order restarts", start)
         log.info("resumed from step %d (%s)", start, ckpt.directory)
     trainer = st.Trainer(graphdef, tx, optim.lr_schedule(tcfg), ratios, cfg.runtime.remat, mesh, shardings,
-                         keep_memory=tcfg.keep_memory).compile()
+                         keep_memory=tcfg.keep_memory)
+    if start < tcfg.steps:  # (a finished run restored only for --re-export needs no steps)
+        trainer = trainer.compile()
     n_train = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
     n_all = n_train + sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["frozen"]))
     header = (f"{sh.describe(mesh)}; params {n_all:,} ({n_train:,} trainable: {tcfg.trainable}"
@@ -186,7 +216,6 @@ def run(config_path: str, overrides: list[str] | None = None, export: str | None
     print(header, flush=True)
 
     stop = _Stop()
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
     summary = {"workdir": workdir, "start_step": start, "metrics": metrics_path}
     eval_idx = ratios.index(tcfg.eval_ratio)
     last = {}
@@ -225,9 +254,9 @@ def run(config_path: str, overrides: list[str] | None = None, export: str | None
                 bar.write(f"SIGTERM: checkpoint at step {step} written, stopping")
                 break
     ckpt.close()
-    summary.update(final_step=step, last=last, train_time_s=time.time() - t_run, checkpoints=ckpt.directory,
+    summary.update(final_step=step, last=last or last_logged(metrics_path, step),
+                   train_time_s=time.time() - t_run, checkpoints=ckpt.directory,
                    stopped=stop.requested)
-    export = export or (os.path.join(workdir, "export") if ccfg.export else None)
     if export and not stop.requested and is_main:
         summary["export"] = export_model(export, trainer, state, dcfg.tokenizer)
         print(f"exported the trained model to {export} (python infer.py --model {export} ...)", flush=True)
