@@ -6,17 +6,26 @@
     python infer.py --model DIR --video v.mp4 --question "Q1" --save-memory v.mem   # keep the compressed video
     python infer.py --model DIR --memory v.mem --question "Q2"                      # ask again, no re-encoding
 
-Only the answer goes to stdout; progress, notes and --stats go to stderr. Bad input (missing or
-unreadable video, a ratio that does not divide the window, a second <image> placeholder, ...) is one
-line on stderr and exit code 2.
+Only the answer goes to stdout; progress, notes, warnings and --stats go to stderr. Bad input (missing
+or unreadable video, a ratio that does not divide the window, a second <image> placeholder, a memory
+file saved by another model, ...) is one line on stderr and exit code 2.
+
+--stats keys: frames, visual_tokens; prompt_memory (KV slots after the prompt: prefix / beacons / text /
+total); generated; kept_kv (slots after generation: prompt_memory total + every generated token but the
+last, which is never fed back); stage times read_video_s, load_model_s, prompt_s (prompt_compile_s +
+prompt_run_s + host work), generate_s (generate_compile_s + generate_run_s + host work); wall_s (the
+whole command); peak_mem_bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import re
 import sys
+import tempfile
 import time
 import warnings
 
@@ -24,6 +33,7 @@ EXIT_BAD_INPUT = 2
 DEFAULT_FRAMES = 128
 DEMO_FRAMES = 20  # the embedded random model only demonstrates the pipeline: keep its default run short
 EMBEDDED_NOTE = "no --model given: using the embedded tiny random model; answers are random tokens"
+LONG_PROMPT_TOKENS = 2048  # text tokens above which a prompt draws a warning (at most a quarter of the context)
 
 
 class UsageError(ValueError):
@@ -46,9 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=None,
                    help=f"frames sampled uniformly from the video (default {DEFAULT_FRAMES}; "
                         f"{DEMO_FRAMES} with the embedded tiny model)")
-    p.add_argument("--ratio", type=int, default=8,
-                   help="visual-token compression ratio; must divide the beacon window (1440): 2, 4, 8, 12, 16, ... "
-                        "(default 8)")
+    p.add_argument("--ratio", default="8",
+                   help="visual-token compression ratio, a positive integer that divides the beacon window (1440): "
+                        "2, 4, 8, 12, 16, ... (default 8); or a comma-separated list (e.g. 2,8) for the original's "
+                        "step-random mode (a ratio drawn per window)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer length limit (default: the checkpoint's generation_config, else 64)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (overrides the checkpoint's sampling)")
@@ -91,7 +102,21 @@ def enable_compile_cache(path: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def parse_ratio(text) -> int | list[int]:
+    """'8' -> 8; '2,8' -> [2, 8] (step-random mode). Positivity and divisibility are checked against the model."""
+    if isinstance(text, (int, list)):
+        return text
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise UsageError(f"--ratio must be an integer or a comma-separated list of integers (e.g. 8 or 2,8), "
+                         f"got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
 def check_args(a: argparse.Namespace) -> None:
+    a.ratio = parse_ratio(a.ratio)
     if a.frames is None:
         a.frames = DEMO_FRAMES if a.model is None else DEFAULT_FRAMES
     if a.frames < 1:
@@ -141,10 +166,22 @@ def model_config(a: argparse.Namespace):
 
 
 def sample_video_path() -> str:
+    """The generated sample video, in the user's cache (never the current directory); written once."""
     from vxl_jax.video import write_sample_video
 
-    path = os.path.join("outputs", "sample.mp4")
-    write_sample_video(path)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(base, "vxl_jax")
+    path = os.path.join(folder, "sample.mp4")
+    if not os.path.isfile(path):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError:
+            folder = os.path.join(tempfile.gettempdir(), "vxl_jax")
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, "sample.mp4")
+        tmp = f"{path}.{os.getpid()}.tmp.mp4"
+        write_sample_video(tmp)
+        os.replace(tmp, path)  # atomic: a concurrent run never reads a half-written file
     return path
 
 
@@ -157,7 +194,7 @@ def read_frames(a: argparse.Namespace, cfg, timings: dict):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the clipped case is reported below, once, in our own words
         frames, info = load_video(a.video, a.frames, size=cfg.vision.image_size)  # resized as decoded
-    timings["decode_s"] = time.perf_counter() - t
+    timings["read_video_s"] = time.perf_counter() - t
     if info["clipped"]:
         log(f"warning: {a.frames} frames requested but {a.video} has only {info['total_frames']}: "
             f"using all {info['total_frames']} frames")
@@ -167,8 +204,16 @@ def read_frames(a: argparse.Namespace, cfg, timings: dict):
     return frames, info
 
 
-def warn_last_window(cfg, frames: int, ratio: int) -> None:
-    """The original keeps a ratio that does not divide the last (partial) window; say what that costs."""
+def check_ratio(cfg, ratio) -> None:
+    for r in ratio if isinstance(ratio, list) else [ratio]:
+        cfg.beacon.check_ratio(r)
+
+
+def warn_last_window(cfg, frames: int, ratio) -> None:
+    """The original keeps a ratio that does not divide the last (partial) window; say what that costs.
+    (A list of ratios draws, per window, only among the ratios that divide it.)"""
+    if isinstance(ratio, list):
+        return
     b = cfg.beacon
     last = frames * b.tokens_per_frame % b.window
     if last and last % ratio:
@@ -225,28 +270,84 @@ class AnswerStream:
         self.out.flush()
 
 
+def cli_stats(prompt: dict, gen: dict, timings: dict, frames: int | None) -> dict:
+    """The --stats report, in pipeline order, from the API's ``stats`` after the prompt stage (``prompt``) and
+    after generation (``gen``) and the CLI's own stage timings."""
+    out = {}
+    frames = prompt.get("frames") if frames is None else frames
+    if frames is not None:
+        out["frames"] = frames
+    out["visual_tokens"] = prompt.get("visual_tokens", 0)
+    out["prompt_memory"] = prompt["memory_sizes"]
+    out["generated"] = gen.get("generated", 0)
+    out["kept_kv"] = gen.get("kept_kv", prompt["memory_sizes"]["total"])
+    for k in ("read_video_s", "load_model_s"):
+        if k in timings:
+            out[k] = timings[k]
+    out["prompt_s"] = timings["prompt_s"]
+    out["prompt_compile_s"], out["prompt_run_s"] = prompt["compile_s"], prompt["run_s"]
+    out["generate_s"] = timings["generate_s"]
+    out["generate_compile_s"], out["generate_run_s"] = gen.get("decode_compile_s", 0.0), gen.get("decode_run_s", 0.0)
+    out["wall_s"] = timings["wall_s"]
+    out["peak_mem_bytes"] = gen.get("peak_mem_bytes", prompt.get("peak_mem_bytes", 0))
+    return out
+
+
 def print_stats(stats: dict) -> None:
     log("stats:")
     for k, v in stats.items():
-        if isinstance(v, float):
+        if k == "wall_s":
+            v = f"{v:.3f} (the whole command)"
+        elif isinstance(v, float):
             v = f"{v:.3f}"
         elif k == "peak_mem_bytes":
             v = f"{v} ({v / 2**20:.1f} MiB)"
+        elif k == "kept_kv" and "prompt_memory" in stats:
+            v = (f"{v} (after generation: prompt_memory total {stats['prompt_memory']['total']} + "
+                 f"{v - stats['prompt_memory']['total']} generated tokens fed back; the last one never is)")
         log(f"  {k}: {v}")
 
 
-def run(a: argparse.Namespace) -> str:
-    """Everything after argument parsing; streams the answer to stdout as it is generated and returns it."""
+def empty_answer_notice(out, stops: set[int]) -> str:
+    """Why the answer is empty, in one line (the model stopped at once, or produced only special tokens)."""
+    ids = [int(i) for i in out]
+    if ids and ids[0] in stops:
+        return (f"warning: empty answer: the model stopped at once (its first token was the stop token {ids[0]}); "
+                f"an untrained or barely trained model often does this")
+    return (f"warning: empty answer: the {len(ids)} generated token(s) {ids[:8]} decode to no text "
+            f"(special tokens only)")
+
+
+def check_prompt_length(n_text: int, max_new: int, cfg) -> str | None:
+    """A warning for a prompt whose text is long for the model (None if fine); ``UsageError`` if the text
+    and the answer cannot fit the model's context (``lm.max_position_embeddings``) at all.
+
+    Text tokens are never compressed: each takes a memory slot, and Video-XL was trained on short questions."""
+    context = cfg.lm.max_position_embeddings
+    if n_text + max_new > context:
+        raise UsageError(f"the prompt is {n_text} tokens and the answer may take {max_new}, more than the model's "
+                         f"context of {context} positions; shorten the question")
+    limit = min(LONG_PROMPT_TOKENS, context // 4)
+    if n_text > limit:
+        return (f"warning: the prompt is {n_text} text tokens (over {limit}, the model's context is {context}): "
+                f"text is not compressed, answers to very long questions are unreliable and slow")
+    return None
+
+
+def run(a: argparse.Namespace, t_start: float | None = None) -> str:
+    """Everything after argument parsing; streams the answer to stdout as it is generated and returns it.
+    ``t_start``: when the command started (for ``wall_s``)."""
     from vxl_jax.prompt import (DEFAULT_SYSTEM, chat_prompt, check_prompt, check_question, suffix_ids,
                                 tokenizer_image_token)
 
+    t_start = time.perf_counter() if t_start is None else t_start
     check_args(a)
     question = check_question(a.question)
     prompt = check_prompt(chat_prompt(question, DEFAULT_SYSTEM if a.system is None else a.system))
     if a.model is None and not a.quiet:
         log(EMBEDDED_NOTE)
     cfg = model_config(a)
-    cfg.beacon.check_ratio(a.ratio)
+    check_ratio(cfg, a.ratio)
 
     timings: dict = {}
     pixels = info = None
@@ -254,54 +355,87 @@ def run(a: argparse.Namespace) -> str:
         if a.video is None:
             a.video = sample_video_path()
             if not a.quiet:
-                log(f"no --video given: wrote a sample video (moving shapes, {a.video}) and using it")
+                log(f"no --video given: using a generated sample video (moving shapes): {a.video}")
         pixels, info = read_frames(a, cfg, timings)
         warn_last_window(cfg, info["num_frames"], a.ratio)
 
     enable_compile_cache(a.compile_cache)
     t = time.perf_counter()
     vx = load_model(a)
-    timings["load_s"] = time.perf_counter() - t
+    timings["load_model_s"] = time.perf_counter() - t
     if vx.tokenizer is None:
         raise UsageError(f"{a.model} has no tokenizer files; convert the checkpoint with its tokenizer")
     stream = AnswerStream(vx.tokenizer)
     gen = dict(max_new_tokens=a.max_new_tokens, seed=a.seed, progress=not a.quiet, stream=stream,
                **sampling_kwargs(a))
+    max_new = a.max_new_tokens or int(vx.generation_config.get("max_new_tokens", 64))
 
     if a.memory is not None:
         mem = vx.load_memory(a.memory)
-        out = vx.generate(suffix_ids(question, vx.tokenizer), None, memory=mem, **gen)
+        with quiet_tokenizer_length_warning():
+            text = suffix_ids(question, vx.tokenizer)
+        warn_long_prompt(len(mem.prompt_ids) + len(text), max_new, cfg)
+        t = time.perf_counter()
+        out = vx.generate(text, None, memory=mem, **gen)
+        prompt_stats = dict(vx.stats)
     else:
-        ids = tokenizer_image_token(prompt, vx.tokenizer)
+        with quiet_tokenizer_length_warning():
+            ids = tokenizer_image_token(prompt, vx.tokenizer)
+        warn_long_prompt(int((ids >= 0).sum()), max_new, cfg)
         if a.save_memory:
             res = vx.prefill(ids, pixels, ratio=a.ratio, progress=not a.quiet)
-            prefill_stats = dict(vx.stats)
+            prompt_stats = dict(vx.stats)
             vx.save_memory(a.save_memory, res.video_memory)
             if not a.quiet:
                 log(f"saved the compressed video memory to {a.save_memory} "
                     f"(ask more questions with --memory {a.save_memory})")
+            t = time.perf_counter()
             out = vx.generate(suffix_ids(question, vx.tokenizer), None, memory=res.video_memory, **gen)
-            vx.stats = {**prefill_stats, **{k: v for k, v in vx.stats.items()
-                                            if k in ("generated", "decode_compile_s", "decode_run_s", "kept_kv",
-                                                     "peak_mem_bytes")}}
+            text_step = vx.stats  # the question over the video memory: part of the prompt stage
+            prompt_stats.update({k: prompt_stats[k] + text_step[k] for k in ("compile_s", "run_s", "wall_s")},
+                                memory_sizes=text_step["memory_sizes"])
         else:
+            t = time.perf_counter()
             out = vx.generate(ids, pixels, ratio=a.ratio, **gen)
+            prompt_stats = dict(vx.stats)
+    # generate() runs the (rest of the) prompt, recorded in vx.stats["wall_s"], then the decoding
+    generate_s = max(time.perf_counter() - t - vx.stats["wall_s"], 0.0)
     answer = vx.tokenizer.decode([int(i) for i in out], skip_special_tokens=True).strip()
     stream.finish(answer)
+    if not answer:
+        log(empty_answer_notice(out, vx.stop_ids()))
     if a.stats:
-        stats = dict(vx.stats)
-        if info is not None:
-            stats["frames"] = info["num_frames"]
-        print_stats({**stats, **timings})
+        timings.update(prompt_s=prompt_stats["wall_s"], generate_s=generate_s, wall_s=time.perf_counter() - t_start)
+        print_stats(cli_stats(prompt_stats, vx.stats, timings, info["num_frames"] if info is not None else None))
     return answer
 
 
+@contextlib.contextmanager
+def quiet_tokenizer_length_warning():
+    """transformers logs its own multi-line note for a text over the tokenizer's max length; we report the
+    prompt length ourselves (``check_prompt_length``)."""
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def warn_long_prompt(n_text: int, max_new: int, cfg) -> None:
+    warning = check_prompt_length(n_text, max_new, cfg)
+    if warning:
+        log(warning)
+
+
 def main(argv=None) -> int:
+    t_start = time.perf_counter()
     a = parse_args(argv)
     from vxl_jax.convert.errors import ConversionError
 
     try:
-        run(a)  # the answer is written to stdout as it is generated
+        run(a, t_start)  # the answer is written to stdout as it is generated
     except (ValueError, ConversionError, FileNotFoundError) as e:  # VideoError, PromptError, ConfigError, ...
         msg = " ".join(str(e).split()) or type(e).__name__
         log(f"error: {msg}")

@@ -17,11 +17,11 @@ EMBEDDED_NOTE = "no --model given: using the embedded tiny random model"
 CACHE = {}
 
 
-def infer(*args, cwd, timeout=300):
+def infer(*args, cwd, timeout=300, env=None):
     """Run infer.py; the runs of this module share one fresh XLA compilation cache (as repeated user runs do)."""
     cmd = [sys.executable, str(ROOT / "infer.py"), *map(str, args), "--compile-cache", CACHE["dir"]]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def expected_answer(work):
     frames, _ = load_video(work / "clip.mp4", 12)
     ids = vx.generate(question_ids(QUESTION, vx.tokenizer), preprocess_frames(frames), ratio=8, max_new_tokens=4)
     assert 1 <= len(ids) <= 4
+    CACHE["first_id"] = int(ids[0])
     return vx.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
@@ -94,9 +95,14 @@ def test_more_frames_than_the_video_is_a_warning(work, expected_answer):
 
 
 def test_no_video_uses_a_generated_sample(work, tmp_path):
-    r = infer("--question", QUESTION, "--max-new-tokens", 2, cwd=tmp_path)
+    cache = tmp_path / "cache"
+    run_dir = tmp_path / "cwd"
+    run_dir.mkdir()
+    r = infer("--question", QUESTION, "--max-new-tokens", 2, cwd=run_dir, env={"XDG_CACHE_HOME": str(cache)})
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "outputs" / "sample.mp4").is_file() and "sample video" in r.stderr
+    sample = cache / "vxl_jax" / "sample.mp4"  # in the user's cache, not the current directory
+    assert sample.is_file() and "sample video" in r.stderr and str(sample) in r.stderr
+    assert list(run_dir.iterdir()) == []
     assert "using 20 frames" in r.stderr and "warning" not in r.stderr and "error" not in r.stderr
     assert r.stdout.endswith("\n") and not r.stdout[:-1].startswith("\n")
 
@@ -111,13 +117,20 @@ def _bad_videos(d: pathlib.Path):
     (["--video", "junk.mp4"], "cannot read video junk.mp4: not a readable video"),
     (["--video", "noframes.y4m"], "zero frames"),
     (["--video", "clip.mp4", "--ratio", 7], "compression ratio 7 does not divide the beacon window of 1440"),
+    (["--video", "clip.mp4", "--ratio", 0], "compression ratio 0 is not positive; a ratio is a positive integer that "
+                                            "divides the beacon window of 1440"),
+    (["--video", "clip.mp4", "--ratio", "2,x"], "--ratio must be an integer or a comma-separated list"),
+    (["--video", "clip.mp4", "--ratio", "2,7"], "compression ratio 7 does not divide"),
+    (["--video", "clip.mp4", "--frames", 12, "--question", "a b " * 20000],
+     "more than the model's context of 32768 positions"),
     (["--video", "clip.mp4", "--question", "what is <image> here?"], "two placeholders"),
     (["--video", "clip.mp4", "--frames", 0], "--frames must be >= 1"),
     (["--video", "clip.mp4", "--greedy", "--temperature", 0.7], "--greedy cannot be combined with --temperature"),
     (["--video", "clip.mp4", "--memory", "clip.mem"], "either --video or --memory"),
     (["--memory", "nothing.mem"], "memory file not found"),
     (["--model", "no_such_dir", "--video", "clip.mp4"], "checkpoint folder not found"),
-], ids=["missing", "corrupt", "zero-frames", "ratio", "two-placeholders", "frames", "greedy-temp",
+], ids=["missing", "corrupt", "zero-frames", "ratio", "ratio-zero", "ratio-not-int", "ratio-list",
+        "prompt-over-context", "two-placeholders", "frames", "greedy-temp",
         "video-and-memory", "missing-memory", "missing-model"])
 def test_bad_input_is_one_line_and_exit_2(work, args, message):
     _bad_videos(work)
@@ -149,3 +162,87 @@ def test_sampling_flags_map_to_generate_keywords():
     a = cli.parse_args(["--question", "q", "--model", "m", "--video", "v"])
     cli.check_args(a)
     assert a.frames == cli.DEFAULT_FRAMES == 128
+
+
+def test_stats_name_each_stage(first_run):
+    """--stats: reading the video, the prompt and generation each have their own clearly named times; wall_s is
+    the whole command; kept_kv is explained against the prompt memory."""
+    r = first_run
+    assert r.returncode == 0, r.stderr
+    stats = {}
+    for line in r.stderr.split("stats:\n", 1)[1].splitlines():
+        key, _, value = line.strip().partition(": ")
+        stats[key] = value
+    assert "decode_s" not in stats and "load_s" not in stats and "memory_sizes" not in stats
+    for key in ("read_video_s", "load_model_s", "prompt_s", "prompt_compile_s", "prompt_run_s", "generate_s",
+                "generate_compile_s", "generate_run_s", "wall_s", "prompt_memory", "generated", "kept_kv"):
+        assert key in stats, (key, r.stderr)
+    t = {k: float(v.split()[0]) for k, v in stats.items() if k.endswith("_s")}
+    assert t["wall_s"] >= t["read_video_s"] + t["load_model_s"] + t["prompt_s"] + t["generate_s"]
+    assert "(the whole command)" in stats["wall_s"]
+    total = eval(stats["prompt_memory"])["total"]  # noqa: S307 - a dict repr we printed
+    kept, generated = int(stats["kept_kv"].split()[0]), int(stats["generated"])
+    assert kept == total + generated - 1 and f"prompt_memory total {total}" in stats["kept_kv"]
+
+
+def test_ratio_list_is_step_random_mode(work):
+    """--ratio 2,8: the library's step-random mode (a ratio drawn per window), same answer as the API."""
+    from vxl_jax.demo import default_model
+    from vxl_jax.preprocess import preprocess_frames
+    from vxl_jax.prompt import question_ids
+    from vxl_jax.video import load_video
+
+    vx = default_model()
+    frames, _ = load_video(work / "clip.mp4", 12)
+    ids = vx.generate(question_ids(QUESTION, vx.tokenizer), preprocess_frames(frames), ratio=[2, 8], max_new_tokens=2)
+    r = infer("--video", "clip.mp4", "--question", QUESTION, "--max-new-tokens", 2, "--frames", 12, "--ratio", "2,8",
+              "--quiet", cwd=work)
+    assert r.returncode == 0, r.stderr
+    answer = vx.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    assert r.stdout == answer + "\n"
+
+
+def _converted(work, name, seed=0, swap_logits=None):
+    """The embedded model (``seed``: its random init) saved as a converted folder; ``swap_logits=(a, b)`` swaps
+    two lm_head columns (the model then says b where it said a)."""
+    from vxl_jax.checkpoint import save_converted
+    from vxl_jax.demo import GENERATION_DEFAULTS, default_model
+
+    if not (work / name).exists():
+        vx = default_model(seed=seed)
+        if swap_logits is not None:
+            a, b = swap_logits
+            head = vx.model.lm.lm_head
+            head[...] = head[...].at[:, [a, b]].set(head[...][:, [b, a]])
+        save_converted(work / name, vx.model, vx.tokenizer, GENERATION_DEFAULTS)
+    return name
+
+
+def test_empty_answer_gets_a_notice(first_run, expected_answer, work):
+    """A model whose first token is the eos token (as the briefly trained demo's) answers nothing: say why."""
+    assert first_run.returncode == 0, first_run.stderr
+    first = CACHE["first_id"]
+    model = _converted(work, "stops_at_once", swap_logits=(first, 2))  # its first token becomes eos (2)
+    r = infer("--model", model, "--memory", "clip.mem", "--question", QUESTION, "--max-new-tokens", 4, "--quiet",
+              cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "\n"  # the stdout format is unchanged: the (empty) answer and a newline
+    assert "empty answer" in r.stderr and "stopped at once (its first token was the stop token 2)" in r.stderr
+
+
+def test_memory_from_another_model_is_refused(first_run, work):
+    assert first_run.returncode == 0, first_run.stderr
+    model = _converted(work, "other_seed", seed=1)
+    r = infer("--model", model, "--memory", "clip.mem", "--question", QUESTION, "--max-new-tokens", 2, "--quiet",
+              cwd=work)
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "made by another model" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_long_question_is_a_warning(first_run, work):
+    assert first_run.returncode == 0, first_run.stderr
+    question = "What is the man holding in his left hand? " * 470  # 19 740 characters, 9 400 tokens
+    r = infer("--memory", "clip.mem", "--question", question, "--max-new-tokens", 1, "--quiet", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "warning: the prompt is 9" in r.stderr and "text tokens (over 2048" in r.stderr

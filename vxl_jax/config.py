@@ -162,7 +162,12 @@ class BeaconConfig:
         return self.window // self.tokens_per_frame
 
     def check_ratio(self, ratio: int) -> None:
-        if ratio <= 0 or self.window % ratio:
+        if ratio <= 0:
+            raise ConfigError(
+                f"compression ratio {ratio} is not positive; a ratio is a positive integer that divides the beacon "
+                f"window of {self.window} tokens (e.g. 2, 4, 8, 12, 16)"
+            )
+        if self.window % ratio:
             raise ConfigError(
                 f"compression ratio {ratio} does not divide the beacon window of {self.window} tokens; "
                 f"valid ratios divide {self.window} (e.g. 2, 4, 8, 12, 16)"
