@@ -306,6 +306,18 @@ def constrain(x, axes: Sequence[str | None]):
     return jax.lax.with_sharding_constraint(x, logical_sharding(mesh, axes, x.shape, rules))
 
 
+def constrain_params(tree, like=None):
+    """Pin a parameter-shaped tree (e.g. fp32 gradient accumulators) to the parameters' shardings.
+
+    ``like``: the State whose Variables carry the logical axes (default: ``tree`` itself)."""
+    if not _ACTIVATION_CONTEXT or _ACTIVATION_CONTEXT[-1] is None:
+        return tree
+    mesh, rules = _ACTIVATION_CONTEXT[-1]
+    specs = param_specs(tree if like is None else like, mesh, rules)
+    return jax.tree.map(lambda spec, x: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec)), specs, tree,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
 def constrain_memory(k, v):
     """Pin KV memory k/v [L, B, M, KV, Dh] (or their cotangents) to the memory axes."""
     return constrain(k, MEMORY_AXES), constrain(v, MEMORY_AXES)

@@ -8,7 +8,7 @@ explicit:
 - forward: the plain scan; it keeps the final K/V, each window's size counters [W, B] and its
   inputs (pixels), nothing else;
 - backward: a reverse scan over windows carrying the memory cotangent (one buffer) and the
-  parameter cotangent (fp32). Window w is recomputed from its inputs and the final memory with
+  parameter cotangent (in the parameters' dtype, as autodiff of the plain scan accumulates it). Window w is recomputed from its inputs and the final memory with
   the counters it started with, and differentiated on its own; the ratio branch is chosen *before*
   differentiating, so only the chosen branch's residuals exist, for one window at a time.
 
@@ -25,7 +25,7 @@ from flax import nnx
 
 from vxl_jax.beacon.windows import _encode, window_step
 from vxl_jax.memory import KVMemory
-from vxl_jax.sharding import constrain_memory
+from vxl_jax.sharding import constrain_memory, constrain_params
 
 _COUNTERS = ("length", "n_prefix", "n_beacons", "n_text")
 
@@ -96,13 +96,13 @@ def compress_windows_lean(model, mem: KVMemory, windows, n_valid, ratio_idx, *, 
                 dp, dk, dv = branches[0](counters, inp, n, dk, dv)
             else:
                 dp, dk, dv = jax.lax.switch(idx, branches, counters, inp, n, dk, dv)
-            dparams = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), dparams, dp)
+            dparams = constrain_params(jax.tree.map(lambda a, b: a + b.astype(a.dtype), dparams, dp), like=params)
             return (dparams, *constrain_memory(dk, dv)), None
 
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        # cotangents summed over windows in the parameters' dtype, as differentiating the plain scan does
+        zeros = constrain_params(jax.tree.map(jnp.zeros_like, params), like=params)
         (dparams, dk, dv), _ = jax.lax.scan(back, (zeros, gk, gv), (starts, windows, n_valid, ratio_idx),
                                             reverse=True)
-        dparams = jax.tree.map(lambda d, p: d.astype(p.dtype), dparams, params)
         return dparams, None, dk, dv, None, None, None, None
 
     run.defvjp(run_fwd, run_bwd)

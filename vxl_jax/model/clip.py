@@ -10,6 +10,7 @@ from vxl_jax.config import VisionConfig
 from vxl_jax.model.attention import attend
 from vxl_jax.model.layers import LayerNorm, OutProj, Proj, param
 from vxl_jax.model.scan import scan_layers, stacked
+from vxl_jax.sharding import constrain
 
 
 def quick_gelu(x):
@@ -72,7 +73,7 @@ class CLIPVisionTower(nnx.Module):
         x = self.embed(pixels, dtype)
 
         def step(layer, h, _):
-            return layer(h, attention), None
+            return constrain(layer(h, attention), ("frames", None, "act_embed")), None
 
         x, _ = scan_layers(self.layers, step, x, remat=remat, num_layers=cfg.layers_used)
         return x[:, 1:] if cfg.select_feature == "patch" else x

@@ -23,6 +23,7 @@ from vxl_jax.model.attention import attend
 from vxl_jax.model.layers import OutProj, Proj, RMSNorm, param
 from vxl_jax.model.rope import apply_rope, rope_tables
 from vxl_jax.model.scan import scan_layers, stacked
+from vxl_jax.sharding import constrain
 
 
 class Attention(nnx.Module):
@@ -127,7 +128,7 @@ class Qwen2LM(nnx.Module):
                 (mk, mv), index = (None, None) if xs is None else xs, None
             h, k, v = layer(h, cos=cos, sin=sin, valid=valid, beacon_mask=beacon_mask, mem_k=mk, mem_v=mv,
                             mem_len=mem_len, mem_layer=index, attention=attention)
-            return h, (k, v)
+            return constrain(h, ("batch", "length", "act_embed")), (k, v)
 
         if mem_k is None:
             xs = None

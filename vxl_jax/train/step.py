@@ -81,9 +81,16 @@ class Trainer:
             g_acc = jax.tree.map(lambda a, b: a + b.astype(a.dtype), g_acc, g)
             return (g_acc, l_acc + loss_sum, n_acc + n), None
 
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"])
-        (grads, loss_sum, n), _ = jax.lax.scan(micro, (zeros, jnp.float32(0), jnp.int32(0)),
-                                               (batch, jnp.arange(accum, dtype=jnp.int32)))
+        if accum == 1:  # no fp32 accumulator (a whole extra copy of the parameters) for a single micro-batch
+            mb = jax.tree.map(lambda x: x[0], batch)
+            (loss_sum, n), grads = grad_fn(state["params"], state["frozen"], mb,
+                                           draw_ratio_idx(state["key"], state["step"], 0, W, len(self.ratios)))
+            grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+        else:
+            zeros = sh.constrain_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"]),
+                                        like=state["params"])
+            (grads, loss_sum, n), _ = jax.lax.scan(micro, (zeros, jnp.float32(0), jnp.int32(0)),
+                                                   (batch, jnp.arange(accum, dtype=jnp.int32)))
         denom = jnp.maximum(n, 1).astype(jnp.float32)
         grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state["params"])
         updates, opt = self.tx.update(grads, state["opt"], state["params"])
