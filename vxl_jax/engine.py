@@ -7,6 +7,7 @@ and compile time is accounted separately from run time (``Engine.stats``).
 
 from __future__ import annotations
 
+import ctypes
 import time
 
 import jax
@@ -43,6 +44,23 @@ def _features(graphdef, state, pixels, *, pooled: bool):
     if pooled:
         return model.encode_frames(pixels)
     return model.projector(model.vision_features(pixels))
+
+
+def _trim_host_heap() -> None:
+    """On the CPU backend (device buffers live in host RAM), hand freed heap pages back to the OS after a
+    window call: each call allocates and frees ~100 MB of temporaries, and glibc otherwise keeps the
+    fragments, so the process's RSS crept up by ~0.15 MiB per frame of video. No-op elsewhere."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6") if jax.default_backend() == "cpu" else False
+        except OSError:  # not glibc
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 class Engine:
@@ -82,8 +100,10 @@ class Engine:
                          self.state, mem, last, seen, key, stops, remaining, donate=(1, 3))
 
     def windows(self, mem, windows, n_valid, ratio_idx, *, ratios, from_pixels: bool, keep: bool = True):
-        return self._run("windows", _windows, {"ratios": tuple(ratios), "from_pixels": from_pixels, "keep": keep},
-                         self.state, mem, windows, n_valid, ratio_idx, donate=(1,))
+        out = self._run("windows", _windows, {"ratios": tuple(ratios), "from_pixels": from_pixels, "keep": keep},
+                        self.state, mem, windows, n_valid, ratio_idx, donate=(1,))
+        _trim_host_heap()
+        return out
 
     def features(self, pixels, pooled: bool = True):
         return self._run("features", _features, {"pooled": pooled}, self.state, pixels)
