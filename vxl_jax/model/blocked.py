@@ -60,17 +60,18 @@ def _add(buf, layer, start, d):
     return jax.lax.dynamic_update_slice(buf, cur[None], (layer, 0, start, 0, 0))
 
 
-def _mem_tile(mem_k, mem_v, layer, j, block, mem_len):
+def _mem_tile(mem_k, mem_v, layer, j, block, mem_len, zero_keys: bool = True):
     """Memory tile j (the last one clamped to stay inside the buffer).
 
     -> (k, v [B, block, KV, D] with slots outside tile j or past mem_len zeroed, ok [B, block] bool,
     start). Zeroing makes whatever an unfilled slot holds irrelevant (0 * garbage never appears).
+    The forward masks scores before use, so it skips zeroing the keys (one copy less per tile).
     """
     start = jnp.minimum(j * block, mem_k.shape[-3] - block)
     slots = start + jnp.arange(block)
     ok = (slots[None] >= j * block) & (slots[None] < mem_len[:, None])
     take = lambda m: jnp.where(ok[:, :, None, None], _read(m, layer, start, block), 0)  # noqa: E731
-    return take(mem_k), take(mem_v), ok, start
+    return (take(mem_k) if zero_keys else _read(mem_k, layer, start, block)), take(mem_v), ok, start
 
 
 def _trip_count(mem_len, block):
@@ -134,7 +135,7 @@ def _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale):
                  jnp.zeros((B, KV, G, tl.qb, D), jnp.float32))
         if tl.mb:
             def mem_step(j, st):
-                kb, vb, ok, _ = _mem_tile(mem_k, mem_v, layer, j, tl.mb, mem_len)
+                kb, vb, ok, _ = _mem_tile(mem_k, mem_v, layer, j, tl.mb, mem_len, zero_keys=False)
                 return _online(st, _scores(q_i, kb.astype(q.dtype), scale), ok[:, None, None, None, :],
                                vb.astype(v.dtype))
 
