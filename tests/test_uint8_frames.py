@@ -6,14 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vxl_jax.api import VideoXL
-from vxl_jax.model import random_model
 from vxl_jax.preprocess import preprocess_frames, resize_crop_frames
-
-
-@pytest.fixture(scope="module")
-def vx(tiny_cfg):
-    return VideoXL(tiny_cfg, random_model(tiny_cfg, seed=3, std=0.2))
 
 
 @pytest.fixture(scope="module")

@@ -97,6 +97,7 @@ class VideoXL:
         # The original's "step-random" ratio generator: seeded once, continues across calls.
         self.ratio_rng = np.random.default_rng(42)
         self.stats: dict = {}
+        self._fingerprint: str | None = None
 
     @classmethod
     def load(cls, path, dtype: str = "float32") -> "VideoXL":
@@ -374,10 +375,13 @@ class VideoXL:
     # ------------------------------------------------------------------ memory persistence
 
     def fingerprint(self) -> str:
-        """Short hash identifying this model's weights (stored in saved memories, checked on load)."""
-        from vxl_jax.memory_io import model_fingerprint
+        """Short hash identifying this model's weights (stored in saved memories, checked on load).
+        Computed once: the weights of a loaded model do not change."""
+        if self._fingerprint is None:
+            from vxl_jax.memory_io import model_fingerprint
 
-        return model_fingerprint(self.model, self.cfg)
+            self._fingerprint = model_fingerprint(self.model, self.cfg)
+        return self._fingerprint
 
     def save_memory(self, path, memory: VideoMemory) -> None:
         """Write a video memory (``PrefillResult.video_memory``) to ``path`` (safetensors)."""

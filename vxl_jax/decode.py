@@ -29,7 +29,7 @@ def stop_mask(stop_ids, vocab: int) -> jax.Array:
 
 
 def decode_chunk(graphdef, state, mem: KVMemory, last, seen, key, stops, remaining, *, params: SamplingParams,
-                 chunk: int, return_logits: bool):
+                 chunk: int, return_logits: bool, feed):
     """Generate up to ``chunk`` tokens on device.
 
     mem: KVMemory (batch 1); last: fp32 [1, V] logits to choose the next token from; seen: bool
@@ -39,9 +39,8 @@ def decode_chunk(graphdef, state, mem: KVMemory, last, seen, key, stops, remaini
     -> (tokens int32 [chunk] (first ``n`` valid), n int32 [], done bool [] (a stop id or the
     ``remaining``-th token was produced), mem, seen, key, last [1, V], step logits fp32 [chunk, V]
     (the unprocessed logits each token was chosen from; [0, V] unless ``return_logits``)).
+    ``feed(graphdef, state, mem, ids [1, 1], n [1], kind=...)`` -> (logits, mem): the engine's text step.
     """
-    from vxl_jax.engine import _text_chunk  # engine imports this module
-
     V = last.shape[-1]
 
     def body(c):
@@ -55,7 +54,7 @@ def decode_chunk(graphdef, state, mem: KVMemory, last, seen, key, stops, remaini
         done = stops[tok[0]] | (i + 1 >= remaining)
         # Feed the token back unless done. Not a lax.cond: its result would be copied into the loop
         # state (the whole memory, every step); with count 0 the append writes nothing instead.
-        lg, mem = _text_chunk(graphdef, state, mem, tok[:, None], (~done).astype(jnp.int32)[None], kind="text")
+        lg, mem = feed(graphdef, state, mem, tok[:, None], (~done).astype(jnp.int32)[None], kind="text")
         last = jnp.where(done, last, lg[:, 0].astype(jnp.float32))
         return i + 1, done, mem, last, seen, key, toks, logits
 

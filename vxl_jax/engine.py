@@ -8,6 +8,7 @@ and compile time is accounted separately from run time (``Engine.stats``).
 from __future__ import annotations
 
 import ctypes
+import functools
 import time
 
 import jax
@@ -46,21 +47,22 @@ def _features(graphdef, state, pixels, *, pooled: bool):
     return model.projector(model.vision_features(pixels))
 
 
+@functools.cache
+def _host_libc():
+    """glibc when device buffers live in host RAM (CPU backend), else None."""
+    try:
+        return ctypes.CDLL("libc.so.6") if jax.default_backend() == "cpu" else None
+    except OSError:  # not glibc
+        return None
+
+
 def _trim_host_heap() -> None:
-    """On the CPU backend (device buffers live in host RAM), hand freed heap pages back to the OS after a
-    window call: each call allocates and frees ~100 MB of temporaries, and glibc otherwise keeps the
-    fragments, so the process's RSS crept up by ~0.15 MiB per frame of video. No-op elsewhere."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6") if jax.default_backend() == "cpu" else False
-        except OSError:  # not glibc
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC = None
+    """On the CPU backend, hand freed heap pages back to the OS after a window call: each call allocates
+    and frees ~100 MB of temporaries, and glibc otherwise keeps the fragments, so the process's RSS crept
+    up by ~0.15 MiB per frame of video. No-op elsewhere."""
+    libc = _host_libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 class Engine:
@@ -96,7 +98,8 @@ class Engine:
                return_logits: bool = False):
         """Up to ``chunk`` tokens in one compiled loop (:func:`vxl_jax.decode.decode_chunk`); the memory
         and the seen mask are donated. One compilation per memory capacity, chunk and sampling setting."""
-        return self._run("decode", decode_chunk, {"params": params, "chunk": chunk, "return_logits": return_logits},
+        return self._run("decode", decode_chunk, {"params": params, "chunk": chunk, "return_logits": return_logits,
+                                                  "feed": _text_chunk},
                          self.state, mem, last, seen, key, stops, remaining, donate=(1, 3))
 
     def windows(self, mem, windows, n_valid, ratio_idx, *, ratios, from_pixels: bool, keep: bool = True):

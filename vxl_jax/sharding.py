@@ -298,11 +298,16 @@ class activation_sharding:
         _ACTIVATION_CONTEXT.pop()
 
 
+def _active():
+    """(mesh, rules) of the innermost :class:`activation_sharding`, or None."""
+    return _ACTIVATION_CONTEXT[-1] if _ACTIVATION_CONTEXT else None
+
+
 def constrain(x, axes: Sequence[str | None]):
     """``with_sharding_constraint`` of ``x`` to logical ``axes`` under :class:`activation_sharding`."""
-    if not _ACTIVATION_CONTEXT or _ACTIVATION_CONTEXT[-1] is None:
+    if _active() is None:
         return x
-    mesh, rules = _ACTIVATION_CONTEXT[-1]
+    mesh, rules = _active()
     return jax.lax.with_sharding_constraint(x, logical_sharding(mesh, axes, x.shape, rules))
 
 
@@ -310,9 +315,9 @@ def constrain_params(tree, like=None):
     """Pin a parameter-shaped tree (e.g. fp32 gradient accumulators) to the parameters' shardings.
 
     ``like``: the State whose Variables carry the logical axes (default: ``tree`` itself)."""
-    if not _ACTIVATION_CONTEXT or _ACTIVATION_CONTEXT[-1] is None:
+    if _active() is None:
         return tree
-    mesh, rules = _ACTIVATION_CONTEXT[-1]
+    mesh, rules = _active()
     specs = param_specs(tree if like is None else like, mesh, rules)
     return jax.tree.map(lambda spec, x: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec)), specs, tree,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))

@@ -8,8 +8,8 @@ explicit:
 - forward: the plain scan; it keeps the final K/V, each window's size counters [W, B] and its
   inputs (pixels), nothing else;
 - backward: a reverse scan over windows carrying the memory cotangent (one buffer) and the
-  parameter cotangent (in the parameters' dtype, as autodiff of the plain scan accumulates it). Window w is recomputed from its inputs and the final memory with
-  the counters it started with, and differentiated on its own; the ratio branch is chosen *before*
+  parameter cotangent (in the parameters' dtype, as autodiff of the plain scan accumulates it).
+  Window w is recomputed from its inputs and the final memory with the counters it started with, and differentiated on its own; the ratio branch is chosen *before*
   differentiating, so only the chosen branch's residuals exist, for one window at a time.
 
 The result equals differentiating the plain scan (``compress_windows``), to fp32 rounding.
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vxl_jax.beacon.windows import _encode, window_step
+from vxl_jax.beacon.windows import encode_window, pick_branch, window_step
 from vxl_jax.memory import KVMemory
 from vxl_jax.sharding import constrain_memory, constrain_params
 
@@ -38,7 +38,7 @@ def _window(graphdef, params, rest, k, v, counters, inp, n, *, ratio, from_pixel
     """One window on the memory ``(k, v, counters)`` -> (new k, new v, new counters)."""
     model = nnx.merge(graphdef, params, rest)
     k, v = constrain_memory(k, v)
-    feats = _encode(model, inp, from_pixels)
+    feats = encode_window(model, inp, from_pixels)
     mem = window_step(model, _with_counters(k, v, counters), feats, n, ratio, attention=attention, remat=remat,
                       keep=keep, sliced_memory=True)[0]
     return *constrain_memory(mem.k, mem.v), tuple(getattr(mem, c) for c in _COUNTERS)
@@ -56,17 +56,12 @@ def compress_windows_lean(model, mem: KVMemory, windows, n_valid, ratio_idx, *, 
     steps = [functools.partial(_window, graphdef, ratio=r, from_pixels=from_pixels, attention=attention,
                                remat=remat, keep=keep) for r in ratios]
 
-    def one(params, rest, k, v, counters, inp, n, idx):
-        branches = [functools.partial(s, params, rest) for s in steps]
-        if len(branches) == 1:
-            return branches[0](k, v, counters, inp, n)
-        return jax.lax.switch(idx, branches, k, v, counters, inp, n)
-
     def forward(params, rest, k, v, counters, windows, n_valid, ratio_idx):
         def body(carry, xs):
             k, v, counters = carry
             inp, n, idx = xs
-            return one(params, rest, k, v, counters, inp, n, idx), counters
+            branches = [functools.partial(s, params, rest) for s in steps]
+            return pick_branch(idx, branches, k, v, counters, inp, n), counters
 
         (k, v, counters), starts = jax.lax.scan(body, (k, v, counters), (windows, n_valid, ratio_idx))
         return (k, v, counters), starts
@@ -91,11 +86,7 @@ def compress_windows_lean(model, mem: KVMemory, windows, n_valid, ratio_idx, *, 
         def back(carry, xs):
             dparams, dk, dv = carry
             counters, inp, n, idx = xs
-            branches = [functools.partial(window_vjp, s) for s in steps]
-            if len(branches) == 1:
-                dp, dk, dv = branches[0](counters, inp, n, dk, dv)
-            else:
-                dp, dk, dv = jax.lax.switch(idx, branches, counters, inp, n, dk, dv)
+            dp, dk, dv = pick_branch(idx, [functools.partial(window_vjp, s) for s in steps], counters, inp, n, dk, dv)
             dparams = constrain_params(jax.tree.map(lambda a, b: a + b.astype(a.dtype), dparams, dp), like=params)
             return (dparams, *constrain_memory(dk, dv)), None
 

@@ -55,7 +55,8 @@ def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], rem
         raise ValueError(f"ratio_idx must have shape ({W},) for {F} frames, got {ratio_idx.shape}")
     capacity = P + W * (b.window // min(ratios))
     mem = KVMemory.empty(cfg.lm.num_layers, B, capacity, cfg.lm.num_kv_heads, cfg.lm.head_dim, dtype)
-    mem = mem.replace(**dict(zip(("k", "v"), constrain_memory(mem.k, mem.v))))
+    k, v = constrain_memory(mem.k, mem.v)
+    mem = mem.replace(k=k, v=v)
 
     # Prefix: plain causal text, kept in full as the sink.
     t = jnp.arange(P, dtype=jnp.int32)[None]

@@ -69,7 +69,7 @@ def window_step(model, mem: KVMemory, features, n_valid, ratio: int, *, attentio
     return mem, hidden
 
 
-def _encode(model, window_input, from_pixels: bool):
+def encode_window(model, window_input, from_pixels: bool):
     """Window input -> visual tokens [B, window, D]. Pixels (uint8 [B, f, S, S, 3] or float [B, f, 3, S, S])
     run CLIP + projector + pool here."""
     if not from_pixels:
@@ -95,17 +95,22 @@ def compress_windows(model, mem: KVMemory, windows, n_valid, ratio_idx, *, ratio
 
     def body(m, xs):
         inp, n, idx = xs
-        feats = _encode(model, inp, from_pixels)
+        feats = encode_window(model, inp, from_pixels)
         branches = [functools.partial(_step_only_memory, model, ratio=r, attention=attention, remat=remat, keep=keep,
                                       sliced_memory=sliced_memory) for r in ratios]
-        if len(branches) == 1:
-            return branches[0](m, feats, n), None
-        return jax.lax.switch(idx, branches, m, feats, n), None
+        return pick_branch(idx, branches, m, feats, n), None
 
     if window_remat:
         body = jax.checkpoint(body, policy=remat_policy("full"), prevent_cse=False)
     mem, _ = jax.lax.scan(body, mem, (windows, n_valid, ratio_idx))
     return mem
+
+
+def pick_branch(idx, branches, *args):
+    """``branches[idx](*args)``: a ``lax.switch`` over the ratio branches, or a plain call when there is one."""
+    if len(branches) == 1:
+        return branches[0](*args)
+    return jax.lax.switch(idx, branches, *args)
 
 
 def _step_only_memory(model, mem, feats, n, *, ratio, attention, remat, keep, sliced_memory):

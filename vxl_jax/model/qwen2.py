@@ -122,10 +122,13 @@ class Qwen2LM(nnx.Module):
         in_place = mem_k is not None and not sliced_memory
 
         def step(layer, h, xs):
+            # xs: this layer's index (in place), its memory slice (sliced), or None (no memory)
             if in_place:
                 mk, mv, index = mem_k, mem_v, xs
+            elif xs is not None:
+                (mk, mv), index = xs, None
             else:
-                (mk, mv), index = (None, None) if xs is None else xs, None
+                mk = mv = index = None
             h, k, v = layer(h, cos=cos, sin=sin, valid=valid, beacon_mask=beacon_mask, mem_k=mk, mem_v=mv,
                             mem_len=mem_len, mem_layer=index, attention=attention)
             return constrain(h, ("batch", "length", "act_embed")), (k, v)

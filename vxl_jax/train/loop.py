@@ -197,7 +197,7 @@ def run(config_path: str, overrides: list[str] | None = None, export: str | None
                                                mesh, tcfg.seed)
     del model
     start = 0
-    if ccfg.resume and ckpt.latest_step() is not None:
+    if done is not None:
         state, data_state, start = ckpt.restore(st.abstract_state(state))
         if data_state is not None:
             loader.set_state(data_state)

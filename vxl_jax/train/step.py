@@ -71,20 +71,21 @@ class Trainer:
         accum, _, F = batch["pixels"].shape[:3]
         fpw = nnx.merge(self.graphdef, state["params"], state["frozen"]).cfg.beacon.frames_per_window
         W = num_windows(F, fpw)
-        grad_fn = jax.value_and_grad(self.loss_fn, has_aux=True)
+        value_and_grad = jax.value_and_grad(self.loss_fn, has_aux=True)
+
+        def grad_fn(mb, i):
+            """Micro-batch i -> ((loss_sum, n_tokens), grads), its window ratios drawn from (key, step, i)."""
+            idx = draw_ratio_idx(state["key"], state["step"], i, W, len(self.ratios))
+            return value_and_grad(state["params"], state["frozen"], mb, idx)
 
         def micro(carry, xs):
             g_acc, l_acc, n_acc = carry
-            mb, i = xs
-            idx = draw_ratio_idx(state["key"], state["step"], i, W, len(self.ratios))
-            (loss_sum, n), g = grad_fn(state["params"], state["frozen"], mb, idx)
+            (loss_sum, n), g = grad_fn(*xs)
             g_acc = jax.tree.map(lambda a, b: a + b.astype(a.dtype), g_acc, g)
             return (g_acc, l_acc + loss_sum, n_acc + n), None
 
         if accum == 1:  # no fp32 accumulator (a whole extra copy of the parameters) for a single micro-batch
-            mb = jax.tree.map(lambda x: x[0], batch)
-            (loss_sum, n), grads = grad_fn(state["params"], state["frozen"], mb,
-                                           draw_ratio_idx(state["key"], state["step"], 0, W, len(self.ratios)))
+            (loss_sum, n), grads = grad_fn(jax.tree.map(lambda x: x[0], batch), 0)
             grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
         else:
             zeros = sh.constrain_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"]),
