@@ -33,7 +33,7 @@ from vxl_jax.convert.convert import plan_shards  # noqa: E402
 from vxl_jax.convert.writers import SafetensorsWriter  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
-SIZE_7B_BF16 = 8.4e9 * 2  # released checkpoint ~8.4 B parameters in bf16 (spec 2.2)
+SIZE_7B_BF16 = 8.4e9 * 2  # released checkpoint ~8.4 B parameters in bf16 (docs/algorithm.md §1)
 BLOCK = np.random.default_rng(0).normal(0, 0.02, size=1 << 22).astype(BF16)  # reused random values
 
 

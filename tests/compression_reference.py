@@ -1,14 +1,14 @@
 """A deliberately simple Video-XL reference for tests: no scan, no memory buffer, no chunking.
 
 The whole prompt is laid out as one sequence (prefix, every window interleaved with its beacons,
-suffix) and every layer runs ONE attention over it with an explicit mask built from the spec:
+suffix) and every layer runs ONE attention over it with an explicit mask built from docs/algorithm.md §4:
 
 - a query sees every earlier-step key that is kept in memory (prefix, beacons, text), and the
   keys of its own step causally (raw visual tokens are visible only inside their window);
 - a key's RoPE position is its in-step position when the query is in the same step, and its
-  memory index otherwise (compact positions, spec 3.8).
+  memory index otherwise (compact positions, docs/algorithm.md §5).
 
-Written from the spec with plain numpy (float64), independent of the package's layer code.
+Written from docs/algorithm.md with plain numpy (float64), independent of the package's layer code.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Decoder layers with beacon rows == a PyTorch formulation built from transformers' Qwen2 pieces.
 
 Rows flagged as beacons take q/k/v from beacon_{q,k,v}_proj, all others from {q,k,v}_proj;
-o_proj, MLP and norms are shared (spec 3.6). Checked with and without a prefix KV memory.
+o_proj, MLP and norms are shared (docs/algorithm.md §4). Checked with and without a prefix KV memory.
 """
 
 import jax

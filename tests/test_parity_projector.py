@@ -1,4 +1,4 @@
-"""Projector + 2x2 pool == PyTorch Sequential(Linear, GELU, Linear) then F.avg_pool2d(2, 2) (spec 1.1 steps 3-4)."""
+"""Projector + 2x2 pool == PyTorch Sequential(Linear, GELU, Linear) then F.avg_pool2d(2, 2) (docs/algorithm.md §1)."""
 
 import jax
 import jax.numpy as jnp

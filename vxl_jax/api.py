@@ -190,7 +190,7 @@ class VideoXL:
 
     def image_features(self, pixel_values) -> np.ndarray:
         """Anyres image views [1 + T, 3, S, S] -> [144 T, D] (base view dropped, tiles pooled);
-        a single view [1, 3, S, S] -> its 576 unpooled projector rows (spec 1.4)."""
+        a single view [1, 3, S, S] -> its 576 unpooled projector rows (docs/algorithm.md §1)."""
         px = self._pixels(pixel_values)
         if px.shape[0] == 1:
             return np.asarray(self.engine.features(jnp.asarray(px), pooled=False))[0]

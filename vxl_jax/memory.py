@@ -1,8 +1,8 @@
 """Explicit KV memory: the runtime state of a Video-XL prompt, as a pytree.
 
 Layout per layer: slots ``[0, length)`` hold ``[prefix (sink) || beacons of every window || text]``
-(spec 3.9). Keys are stored rotated with their slot index, which equals the RoPE position the
-original re-applies at every step (compact positions, spec 3.8), so nothing is ever re-rotated.
+(docs/algorithm.md §6). Keys are stored rotated with their slot index, which equals the RoPE position the
+original re-applies at every step (compact positions, docs/algorithm.md §5), so nothing is ever re-rotated.
 Capacity is static (preallocated); ``length`` counts the valid slots.
 """
 

@@ -1,4 +1,4 @@
-"""CLIP image preprocessing (openai/clip-vit-large-patch14-336 settings), PIL + numpy (spec section 5).
+"""CLIP image preprocessing (openai/clip-vit-large-patch14-336 settings), PIL + numpy (docs/algorithm.md §9).
 
 Bit-for-bit the same as transformers' ``CLIPImageProcessor`` (PIL backend) for uint8 RGB input:
 1. resize so the shortest edge is ``size`` with PIL bicubic; the long edge is ``int(size * long / short)``

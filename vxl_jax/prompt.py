@@ -1,4 +1,4 @@
-"""Qwen ChatML prompt with one ``<image>`` video placeholder, and its token ids (spec 1.6 and 6.3).
+"""Qwen ChatML prompt with one ``<image>`` video placeholder, and its token ids (docs/algorithm.md §2).
 
     prompt = chat_prompt("What happens?")
     ids = tokenizer_image_token(prompt, tokenizer)     # int32 [S], one -200 where the video goes

@@ -1,4 +1,4 @@
-"""Video input: uniform frame sampling with decord (spec section 5) and a synthetic sample video (PyAV).
+"""Video input: uniform frame sampling with decord (docs/algorithm.md §9) and a synthetic sample video (PyAV).
 
     frames, info = load_video("clip.mp4", num_frames=128)   # uint8 [F, H, W, 3] RGB
 

@@ -1,6 +1,6 @@
 """Training objective: the windowed forward with per-window ratios, gradients through the memory.
 
-Sequence layout per sample (spec 4): ``prefix || video windows || suffix``; labels are already
+Sequence layout per sample (docs/algorithm.md §8): ``prefix || video windows || suffix``; labels are already
 shifted (label[i] = the token that should follow position i, -100 = ignore). Visual and beacon
 positions carry no loss, so only prefix and suffix rows are scored; the suffix reads the video
 only through the beacon K/V in memory, so the loss back-propagates through every window.

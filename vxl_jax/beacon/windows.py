@@ -1,15 +1,15 @@
-"""One compression window, and the ``jax.lax.scan`` over windows (spec 3.2-3.9, 3.13).
+"""One compression window, and the ``jax.lax.scan`` over windows (docs/algorithm.md §3-§6).
 
 A window holds up to ``beacon.window`` (1440) visual tokens. With ratio r it is laid out as
 ``[r raw, 1 beacon] * (window / r)``: beacon j at offset j(r+1)+r, raw token k at k + k//r.
 All layers run over ``[memory || window]`` (full memory visibility, causal inside the window;
 beacon rows use the beacon q/k/v projections). Afterwards only the beacons' K/V are kept: they are
-appended to the memory, rotated with their memory slot (compact positions, spec 3.8).
+appended to the memory, rotated with their memory slot (compact positions, docs/algorithm.md §5).
 
 Static shapes: every window has the full length; a partial last window (n < 1440 valid tokens,
 frame-aligned) is padded at the end and masked. Its padding comes after every valid row, so
 causal attention never lets a valid row see it, and only its ``n // r`` valid beacons are kept
-(trailing raw tokens after the last beacon are lost, exactly like the original, spec 3.11).
+(trailing raw tokens after the last beacon are lost, exactly like the original, docs/algorithm.md §3).
 """
 
 from __future__ import annotations

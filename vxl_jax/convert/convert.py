@@ -159,7 +159,7 @@ def plan(ck: Checkpoint, cfg: VideoXLConfig, init_beacon: bool, itemsize: int):
             raise ConversionError(
                 "the checkpoint has no beacon weights (model.beacon_embed_tokens.weight, "
                 "model.layers.*.self_attn.beacon_{q,k,v}_proj.*): it is a plain Qwen2/LLaVA checkpoint. "
-                "Pass --init-beacon to initialise them from q/k/v_proj and the eos embedding (spec section 4).")
+                "Pass --init-beacon to initialise them from q/k/v_proj and the eos embedding (docs/algorithm.md §8).")
         eos = cfg.lm.eos_ids[0] if cfg.beacon.embed_init == "eos" else cfg.lm.bos_token_id
         if eos is None or not 0 <= eos < cfg.lm.vocab_size:
             raise ConversionError(f"--init-beacon needs a valid {cfg.beacon.embed_init} token id, got {eos}")

@@ -1,4 +1,4 @@
-"""Qwen ChatML tokenisation of a conversation with the training label mask (spec section 4).
+"""Qwen ChatML tokenisation of a conversation with the training label mask (docs/algorithm.md §8).
 
 Layout (``qwen_1_5`` template)::
 
@@ -15,7 +15,7 @@ Label mask (targets before shifting), as LLaVA-NeXT's ``preprocess_qwen``:
 * the ``<image>`` placeholder splits the sequence into prefix and suffix (the visual and beacon
   positions in between carry no label).
 
-Deviation (documented): the original training prompt gets ``<image>`` + "\n" + "\n..." (spec 7.13);
+Deviation (documented): the original training prompt gets ``<image>`` + "\n" + "\n..." (docs/algorithm.md §10);
 we use the inference layout ``<image>\n{question}`` (one newline) so training and inference agree.
 
 Labels are returned *shifted*: ``label[i]`` = target of position ``i + 1`` (-100 = ignore); the last

@@ -1,4 +1,4 @@
-"""Training-time visual input (spec sections 4-5): 1-fps video sampling capped at ``frames_upbound``.
+"""Training-time visual input (docs/algorithm.md §8): 1-fps video sampling capped at ``frames_upbound``.
 
 Training video (LLaVA-NeXT ``process_video_with_pyav``): take every ``round(avg_fps / video_fps)``-th
 frame (1 fps by default); if that gives more than ``frames_upbound`` frames, use

@@ -1,4 +1,4 @@
-"""Load LLaVA-style training records (spec 4 "Data format").
+"""Load LLaVA-style training records (docs/algorithm.md §8).
 
 A file is a JSON list of records (``.json``) or one record per line (``.jsonl``). A record::
 

@@ -1,4 +1,4 @@
-"""``mlp2x_gelu`` projector and the 2x2 average pool applied after it (spec 1.1 steps 3-4)."""
+"""``mlp2x_gelu`` projector and the 2x2 average pool applied after it (docs/algorithm.md §1)."""
 
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ With the default ``xla`` backend only the filled slots are read (:mod:`vxl_jax.m
 Memory keys are stored already rotated with their memory index, so nothing is re-rotated.
 Positions of the chunk are given by the caller (``mem_len + t`` on the release path).
 
-Rows flagged in ``beacon_mask`` take q/k/v from ``beacon_{q,k,v}`` (spec 3.6); ``o``, the MLP and
+Rows flagged in ``beacon_mask`` take q/k/v from ``beacon_{q,k,v}`` (docs/algorithm.md §4); ``o``, the MLP and
 the norms are shared. Layers return their chunk's *pre-RoPE* keys and values, so the caller can
-rotate them with whatever memory index they are stored at (beacons move, spec 3.8).
+rotate them with whatever memory index they are stored at (beacons move, docs/algorithm.md §5).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Train state (a pytree, checkpointed as is)::
 
 One train step takes a batch ``{field: [accum, B, ...]}``, scans the ``accum`` micro-batches
 summing ``windowed_loss`` sums and gradients, divides by the total number of scored tokens
-(token-level mean over the whole accumulated batch, spec 4), clips and applies AdamW. Each
+(token-level mean over the whole accumulated batch, docs/algorithm.md §8), clips and applies AdamW. Each
 window's compression ratio is drawn inside the step: ``ratio_idx = randint(fold_in(fold_in(key,
 step), micro), [W], 0, len(ratios))``, so a resumed run draws exactly the same ratios.
 Parameters are sharded by the logical-axis rules (:mod:`vxl_jax.sharding`), optimizer moments
