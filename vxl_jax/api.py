@@ -372,6 +372,22 @@ class VideoXL:
         ids = np.concatenate(out)
         return ids, (np.concatenate(step_logits) if return_logits else None), mem
 
+    # ------------------------------------------------------------------ incremental ingestion
+
+    def session(self, prefix_ids=None, ratio: int | Sequence[int] | None = None, *, seed: int = 42):
+        """A :class:`vxl_jax.session.Session`: frames added a few at a time (``s.add_frames``), questions at any
+        point (``s.prefill`` / ``s.generate``), ``s.save``. ``prefix_ids``: the token ids before the video.
+        ``ratio``: as :meth:`prefill`; a list draws per window from the session's own ``default_rng(seed)``."""
+        from vxl_jax.session import Session, start
+
+        return Session(self, start(self, prefix_ids, ratio, seed))
+
+    def load_session(self, path, ratio: int | Sequence[int] | None = None):
+        """A session saved by ``Session.save`` (or one continuing a memory saved by :meth:`save_memory`)."""
+        from vxl_jax.session import Session, load
+
+        return Session(self, load(self, path, ratio))
+
     # ------------------------------------------------------------------ memory persistence
 
     def fingerprint(self) -> str:
