@@ -230,7 +230,7 @@ class MeshConfig:
 
 
 REMAT_POLICIES = ("none", "full", "minimal", "save_qkv_proj", "save_dot_except_mlp")
-ATTENTION_BACKENDS = ("xla", "reference", "cudnn", "dot_product")
+ATTENTION_BACKENDS = ("xla", "reference", "pallas", "cudnn", "dot_product")
 DTYPES = ("float32", "bfloat16", "float16")
 
 

@@ -6,8 +6,17 @@ Backends (``runtime.attention``):
   backward. Any device.
 - ``reference``: the plain dense path (concatenate memory and chunk, one fp32 softmax per row, query
   rows in blocks of ``QUERY_BLOCK``). Cost follows the buffer's capacity; kept as the reference.
-- ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")`` over the dense layout (GPU).
-- ``dot_product``: ``jax.nn.dot_product_attention`` with XLA's own lowering, dense layout.
+- ``pallas``: :mod:`vxl_jax.model.pallas_attention`, a Pallas kernel with the blocked path's
+  semantics (scalar-prefetched memory length, skipped empty/causally masked tiles, GQA, memory read
+  in place); Mosaic on TPU, interpret mode elsewhere (tests). On TPU a head size that is not a
+  multiple of 128 (CLIP's 64) falls back to ``xla``. Gradients: the blocked backward.
+- ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (GPU; bfloat16/float16
+  only) over the dense ``[memory || chunk]`` layout with a boolean mask (turned into cuDNN's
+  additive bias): memory slots ``>= mem_len`` and invalid/non-causal chunk keys masked, masked
+  memory zeroed (stale slots never leak NaN), rows that see no key set to 0. Cost follows the
+  memory's capacity.
+- ``dot_product``: the same construction with XLA's own lowering (any device; checks ``cudnn``'s
+  layout on CPU).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from vxl_jax.model.blocked import blocked_attention
+from vxl_jax.model.pallas_attention import pallas_attention, tpu_supported
 
 # Reference path: queries in blocks of this many rows, so the fp32 score matrix never exceeds
 # [B, H, QUERY_BLOCK, S]. Each row's math is unchanged (exact, not online softmax).
@@ -73,6 +83,10 @@ def attend(q, k, v, *, valid=None, causal: bool = True, mem_k=None, mem_v=None, 
     if backend == "xla":
         return blocked_attention(q, k, v, valid=valid, causal=causal, mem_k=mem_k, mem_v=mem_v, mem_len=mem_len,
                                  mem_layer=mem_layer, scale=scale)
+    if backend == "pallas":
+        fn = pallas_attention if jax.default_backend() != "tpu" or tpu_supported(D) else blocked_attention
+        return fn(q, k, v, valid=valid, causal=causal, mem_k=mem_k, mem_v=mem_v, mem_len=mem_len,
+                  mem_layer=mem_layer, scale=scale)
     if backend not in ("reference", "cudnn", "dot_product"):
         raise ValueError(f"unknown attention backend {backend!r}")
     if mem_layer is not None:
@@ -83,12 +97,25 @@ def attend(q, k, v, *, valid=None, causal: bool = True, mem_k=None, mem_v=None, 
     if mem_k is not None:
         mem_len = jnp.zeros((B,), jnp.int32) if mem_len is None else mem_len
         mask = chunk_mask(mem_len, mem_k.shape[1], valid, causal)
+        if backend != "reference":  # stale slots past mem_len may hold anything: 0 * NaN would leak
+            filled = (jnp.arange(mem_k.shape[1])[None, :] < mem_len[:, None])[..., None, None]
+            mem_k, mem_v = jnp.where(filled, mem_k, 0), jnp.where(filled, mem_v, 0)
         k = jnp.concatenate([mem_k.astype(k.dtype), k], axis=1)
         v = jnp.concatenate([mem_v.astype(v.dtype), v], axis=1)
     else:
         mask = None if plain else chunk_mask(jnp.zeros((B,), jnp.int32), 0, valid, causal)
     if backend == "reference":
         return dense_attention(q, k, v, mask, scale)
-    impl = "cudnn" if backend == "cudnn" else None
+    return sdpa_attention(q, k, v, mask, scale, implementation="cudnn" if backend == "cudnn" else "xla")
+
+
+def sdpa_attention(q, k, v, mask, scale, implementation: str = "cudnn"):
+    """``jax.nn.dot_product_attention`` over a dense layout: q [B, T, H, D]; k, v [B, S, KV, D] (GQA
+    native); mask [B, T, S] bool or None -> [B, T, H, D]. A row whose mask is all False gives 0 (the
+    softmax of an all-masked row is undefined). ``implementation="cudnn"`` needs bfloat16/float16."""
+    if implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"attention backend 'cudnn' needs bfloat16 or float16 inputs (runtime.compute_dtype), "
+                         f"got {q.dtype}; use 'xla' for float32")
     m = None if mask is None else mask[:, None, :, :]
-    return jax.nn.dot_product_attention(q, k, v, mask=m, scale=scale, implementation=impl)
+    out = jax.nn.dot_product_attention(q, k, v, mask=m, scale=scale, implementation=implementation)
+    return out if mask is None else jnp.where(jnp.any(mask, -1)[:, :, None, None], out, 0).astype(out.dtype)

@@ -261,3 +261,6 @@ def blocked_attention(q, k, v, *, valid=None, causal: bool = True, mem_k=None, m
     if (mem_layer is None) != (mem_k is None or mem_k.ndim == 4):
         raise ValueError("a stacked [L, B, M, KV, Dh] memory needs mem_layer, a [B, M, KV, Dh] one must not have it")
     return _attention(q, k, v, valid, mem_k, mem_v, mem_len, mem_layer, bool(causal), scale)
+
+
+backward = _backward  # the gradient of any kernel that gives blocked's (out, lse): the ``pallas`` backend's VJP

@@ -1,0 +1,244 @@
+"""Pallas attention kernel over ``[KV memory (dynamic length) || chunk]`` (the ``pallas`` backend).
+
+One kernel instance handles one (batch row b, KV head, query tile) and walks key tiles along the
+last grid axis: first the memory, ``mb`` slots a tile, then the chunk, ``kb`` keys a tile, merging
+softmax statistics online (fp32). The memory length ``mem_len[b]`` and the stacked-memory layer
+index are scalar-prefetched: tiles at or past the length are neither fetched (their block index
+is clamped to the last needed one, so the pipeline issues no copy) nor computed, and chunk tiles
+wholly above the causal diagonal likewise. The memory is read in place, in its own layout
+``[(L,) B, M, KV, Dh]`` viewed as ``[L, B, M, KV * Dh]`` (a free reshape), so KV head ``k`` is the
+lane block ``k`` of width Dh. Queries of the ``G = H // KV`` heads sharing a KV head are one lane
+block of width ``G * Dh`` of ``q`` viewed as ``[B, T, H * Dh]``: no transposes on either side.
+
+On TPU this compiles with Mosaic (Dh a multiple of 128, ``block_k`` a multiple of 128,
+``block_q`` and ``block_mem`` multiples of 8); on every other backend it runs in Pallas interpret
+mode (for tests: correct but slow; on GPU use the ``cudnn`` backend). Gradients: a custom VJP
+whose backward is the blocked backward of :mod:`vxl_jax.model.blocked`, fed the kernel's output
+and log-sum-exp (no score matrix is kept).
+
+Masking equals :func:`vxl_jax.model.blocked.blocked_attention`: memory slot j visible iff
+``j < mem_len[b]``; chunk key t' iff ``valid[b, t']`` (and ``t' <= t`` when causal); a row that sees
+no key returns 0 (its log-sum-exp is +inf).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from vxl_jax.model import blocked
+
+BLOCK_Q = 256  # query rows per tile (shrunk to fit the chunk; multiple of 8)
+BLOCK_K = 256  # chunk keys per tile (multiple of 128 on TPU)
+BLOCK_MEM = 512  # memory slots per tile for a full query tile (multiple of 8)
+BLOCK_MEM_MAX = 2048  # memory tiles grow as query tiles shrink (decoding), up to this
+_NEG = -1e30  # finite "minus infinity" for running maxima
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+class _Plan:
+    """Static tile sizes and padded lengths for a chunk of T rows over a memory of M slots."""
+
+    def __init__(self, T: int, M: int, block_q: int, block_k: int, block_mem: int):
+        for name, b in (("block_q", block_q), ("block_k", block_k), ("block_mem", block_mem)):
+            if b <= 0 or b % 8:
+                raise ValueError(f"{name} must be a positive multiple of 8, got {b}")
+        t8 = _round_up(T, 8)
+        self.tq = min(_round_up(-(-T // -(-T // block_q)), 8), t8)  # even tiles, little padding
+        self.nq = -(-T // self.tq)
+        self.kb = min(block_k, t8)
+        self.nk = -(-T // self.kb)
+        self.tq_pad, self.tk_pad = self.nq * self.tq, self.nk * self.kb
+        mb = max(block_mem, min(BLOCK_MEM_MAX, block_mem * max(1, block_q // self.tq)))
+        self.mb = min(mb, M)
+        self.n_mem = -(-M // self.mb) if M else 0
+
+    def last_chunk_tile(self, i, causal: bool):
+        """Index of the last chunk key tile query tile i reads."""
+        if not causal:
+            return self.nk - 1
+        return jnp.minimum(self.nk - 1, ((i + 1) * self.tq - 1) // self.kb)
+
+
+def _kernel(mem_len_ref, layer_ref, *refs, plan: _Plan, has_mem: bool, causal: bool, scale: float, G: int, D: int):
+    if has_mem:
+        q_ref, mk_ref, mv_ref, k_ref, v_ref, valid_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc = refs
+    else:
+        q_ref, k_ref, v_ref, valid_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc = refs
+    b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+    tq = plan.tq
+
+    @pl.when(j == 0)
+    def _init():
+        m_sc[...] = jnp.full(m_sc.shape, _NEG, jnp.float32)
+        l_sc[...] = jnp.zeros(l_sc.shape, jnp.float32)
+        acc_sc[...] = jnp.zeros(acc_sc.shape, jnp.float32)
+
+    def merge(k, v, ok):
+        """Fold key tile k, v [n, D] (visible where ok [tq, n]) into the statistics of all G heads."""
+        for g in range(G):
+            lanes = slice(g * D, (g + 1) * D)
+            s = jax.lax.dot_general(q_ref[:, lanes], k, (((1,), (1,)), ((), ())),
+                                    preferred_element_type=jnp.float32) * scale
+            s = jnp.where(ok, s, _NEG)
+            m_prev = m_sc[g]
+            m_new = jnp.maximum(m_prev, jnp.max(s, axis=-1, keepdims=True))
+            p = jnp.where(ok, jnp.exp(s - m_new), 0.0)
+            corr = jnp.exp(m_prev - m_new)
+            l_sc[g] = l_sc[g] * corr + jnp.sum(p, axis=-1, keepdims=True)
+            acc_sc[:, lanes] = acc_sc[:, lanes] * corr + jax.lax.dot_general(
+                p.astype(v.dtype), v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+            m_sc[g] = m_new
+
+    if has_mem:
+        mem_len = mem_len_ref[b]
+
+        @pl.when((j < plan.n_mem) & (j * plan.mb < mem_len))
+        def _memory():
+            cols = j * plan.mb + jax.lax.broadcasted_iota(jnp.int32, (1, plan.mb), 1)
+            slots = j * plan.mb + jax.lax.broadcasted_iota(jnp.int32, (plan.mb, 1), 0)
+            # unfilled slots (and the tail of a partial last tile) may hold anything: zero the values
+            v = jnp.where(slots < mem_len, mv_ref[...].astype(q_ref.dtype), 0)
+            merge(mk_ref[...].astype(q_ref.dtype), v, jnp.broadcast_to(cols < mem_len, (tq, plan.mb)))
+
+    c = j - plan.n_mem
+
+    @pl.when((c >= 0) & (c <= plan.last_chunk_tile(i, causal)))
+    def _chunk():
+        ok = jnp.broadcast_to(valid_ref[...] != 0, (tq, plan.kb))
+        if causal:
+            rows = i * tq + jax.lax.broadcasted_iota(jnp.int32, (tq, plan.kb), 0)
+            cols = c * plan.kb + jax.lax.broadcasted_iota(jnp.int32, (tq, plan.kb), 1)
+            ok = ok & (cols <= rows)
+        merge(k_ref[...], v_ref[...], ok)
+
+    @pl.when(j == pl.num_programs(3) - 1)
+    def _finish():
+        for g in range(G):
+            l = l_sc[g]
+            safe = jnp.where(l > 0, l, 1.0)  # a row that sees nothing gives 0, not NaN
+            o_ref[:, g * D:(g + 1) * D] = (acc_sc[:, g * D:(g + 1) * D] / safe).astype(o_ref.dtype)
+            lse_ref[:, g:g + 1] = jnp.where(l > 0, m_sc[g] + jnp.log(safe), jnp.inf)
+
+
+def _pad_rows(x, n):
+    return x if x.shape[1] == n else jnp.pad(x, [(0, 0), (0, n - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+
+
+def _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks, interpret):
+    """-> (out [B, T, H, D] in q.dtype, lse fp32 [B, KV, G, T]) (lse as :mod:`blocked` keeps it)."""
+    B, T, H, D = q.shape
+    KV = k.shape[2]
+    G = H // KV
+    has_mem = mem_k is not None
+    M = mem_k.shape[-3] if has_mem else 0
+    plan = _Plan(T, M, *blocks)
+    q2 = _pad_rows(q.reshape(B, T, H * D), plan.tq_pad)
+    k2 = _pad_rows(k.reshape(B, T, KV * D), plan.tk_pad)
+    v2 = _pad_rows(v.reshape(B, T, KV * D), plan.tk_pad)
+    valid2 = _pad_rows(valid.astype(jnp.int32), plan.tk_pad)[:, None, :]  # [B, 1, Tk]: keys on lanes
+    mem_len = jnp.zeros((B,), jnp.int32) if mem_len is None else mem_len.astype(jnp.int32)
+    layer = jnp.zeros((1,), jnp.int32) if layer is None else jnp.reshape(layer, (1,)).astype(jnp.int32)
+
+    def chunk_tile(b, i, j, lens, lyr):
+        return jnp.clip(j - plan.n_mem, 0, plan.last_chunk_tile(i, causal))
+
+    def mem_tile(b, j, lens):
+        last = jnp.maximum((lens[b] + plan.mb - 1) // plan.mb - 1, 0)
+        return jnp.minimum(jnp.minimum(j, last), plan.n_mem - 1)
+
+    q_spec = pl.BlockSpec((None, plan.tq, G * D), lambda b, h, i, j, lens, lyr: (b, i, h))
+    in_specs, args = [q_spec], [q2]
+    if has_mem:
+        L = mem_k.shape[0] if mem_k.ndim == 5 else 1
+        mk, mv = (m.reshape(L, B, M, KV * D) for m in (mem_k, mem_v))
+        mem_spec = pl.BlockSpec((None, None, plan.mb, D),
+                                lambda b, h, i, j, lens, lyr: (lyr[0], b, mem_tile(b, j, lens), h))
+        in_specs += [mem_spec, mem_spec]
+        args += [mk, mv]
+    kv_spec = pl.BlockSpec((None, plan.kb, D), lambda b, h, i, j, lens, lyr: (b, chunk_tile(b, i, j, lens, lyr), h))
+    valid_spec = pl.BlockSpec((None, 1, plan.kb), lambda b, h, i, j, lens, lyr: (b, 0, chunk_tile(b, i, j, lens, lyr)))
+    in_specs += [kv_spec, kv_spec, valid_spec]
+    args += [k2, v2, valid2]
+
+    grid_spec = pltpu.PrefetchScalarGridSpec(
+        num_scalar_prefetch=2,
+        grid=(B, KV, plan.nq, plan.n_mem + plan.nk),
+        in_specs=in_specs,
+        out_specs=[q_spec, pl.BlockSpec((None, None, plan.tq, G), lambda b, h, i, j, lens, lyr: (b, h, i, 0))],
+        scratch_shapes=[pltpu.VMEM((G, plan.tq, 1), jnp.float32), pltpu.VMEM((G, plan.tq, 1), jnp.float32),
+                        pltpu.VMEM((plan.tq, G * D), jnp.float32)],
+    )
+    kernel = functools.partial(_kernel, plan=plan, has_mem=has_mem, causal=causal, scale=scale, G=G, D=D)
+    out, lse = pl.pallas_call(
+        kernel,
+        grid_spec=grid_spec,
+        out_shape=[jax.ShapeDtypeStruct((B, plan.tq_pad, H * D), q.dtype),
+                   jax.ShapeDtypeStruct((B, KV, plan.tq_pad, G), jnp.float32)],
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+        interpret=interpret,
+        name="vxl_memory_chunk_attention",
+    )(mem_len, layer, *args)
+    out = out[:, :T].reshape(B, T, H, D)
+    return out, jnp.swapaxes(lse[:, :, :T], 2, 3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11))
+def _attention(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks, interpret):
+    return _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks, interpret)[0]
+
+
+def _attention_fwd(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks, interpret):
+    out, lse = _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks, interpret)
+    return out, (q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse)
+
+
+def _attention_bwd(causal, scale, blocks, interpret, res, dout):
+    q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse = res
+    dq, dk, dv, dmk, dmv = blocked.backward(q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse, dout, causal,
+                                            scale)
+    return dq, dk, dv, None, dmk, dmv, None, None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def pallas_attention(q, k, v, *, valid=None, causal: bool = True, mem_k=None, mem_v=None, mem_len=None,
+                     mem_layer=None, scale: float | None = None, block_q: int = BLOCK_Q, block_k: int = BLOCK_K,
+                     block_mem: int = BLOCK_MEM, interpret: bool | None = None):
+    """Attention of chunk queries over ``[memory[:mem_len] || chunk keys]`` -> [B, T, H, Dh] (q's dtype).
+
+    Same arguments and result as :func:`vxl_jax.model.blocked.blocked_attention` (q [B, T, H, Dh];
+    k, v [B, T, KV, Dh]; valid [B, T]; mem_k/mem_v [B, M, KV, Dh] with mem_len [B], or stacked
+    [L, B, M, KV, Dh] with the int32 scalar ``mem_layer``). Block sizes are tile sizes (see the module
+    docstring); ``interpret`` defaults to True off TPU.
+    """
+    B, T, H, D = q.shape
+    KV = k.shape[2]
+    if H % KV:
+        raise ValueError(f"query heads ({H}) must be a multiple of KV heads ({KV})")
+    scale = D ** -0.5 if scale is None else float(scale)
+    if interpret is None:
+        interpret = jax.default_backend() != "tpu"
+    if valid is None:
+        valid = jnp.ones((B, T), bool)
+    if mem_k is not None and mem_len is None:
+        raise ValueError("mem_len is required with mem_k")
+    if mem_k is not None:
+        mem_len = mem_len.astype(jnp.int32)
+    if (mem_layer is None) != (mem_k is None or mem_k.ndim == 4):
+        raise ValueError("a stacked [L, B, M, KV, Dh] memory needs mem_layer, a [B, M, KV, Dh] one must not have it")
+    return _attention(q, k, v, valid, mem_k, mem_v, mem_len, mem_layer, bool(causal), scale,
+                      (int(block_q), int(block_k), int(block_mem)), bool(interpret))
+
+
+def tpu_supported(head_dim: int) -> bool:
+    """Whether the kernel's lane blocks tile for this head size on TPU (Dh a multiple of 128)."""
+    return head_dim % 128 == 0
