@@ -9,7 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
+import re  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -63,3 +65,51 @@ def prompt():
     ids = np.concatenate([rng.integers(3, 500, 6), [-200], rng.integers(3, 500, 5)])
     pixels = rng.normal(size=(3, 3, 336, 336)).astype(np.float32)
     return ids, pixels
+
+
+# --- the `torch` marker -------------------------------------------------------------------------------
+# A test module that imports torch (directly or through tests/torch_ref.py) gets the `torch` marker on
+# every test. Without torch installed (the base / [test] install, CI's Python 3.12 leg) such modules are
+# not even imported when `-m "not torch"` deselects them; if they are selected, the run stops with a
+# usage error instead of skipping them silently.
+_NEEDS_TORCH = re.compile(r"^\s*(import torch\b|from torch\b|(from|import) (tests\.)?torch_ref\b)", re.M)
+
+
+def _module_needs_torch(path: pathlib.Path) -> bool:
+    return path.suffix == ".py" and path.name.startswith("test_") and bool(_NEEDS_TORCH.search(path.read_text()))
+
+
+def _torch_deselected(config) -> bool:
+    """True when the -m expression rejects every test marked `torch` (whatever other markers it has)."""
+    expr = config.getoption("markexpr", "")
+    if not expr:
+        return False
+    from _pytest.mark.expression import Expression
+
+    others = [m.split(":")[0].strip() for m in config.getini("markers")]
+    others = [m for m in others if m and m != "torch"]
+    compiled = Expression.compile(expr)
+    for k in range(1 << len(others)):
+        marks = {"torch"} | {m for i, m in enumerate(others) if k >> i & 1}
+        if compiled.evaluate(lambda name, /, **kw: not kw and name in marks):
+            return False
+    return True
+
+
+def pytest_ignore_collect(collection_path, config):
+    if not _module_needs_torch(collection_path) or importlib.util.find_spec("torch") is not None:
+        return None
+    if _torch_deselected(config):
+        return True
+    raise pytest.UsageError(f"{collection_path.name} needs torch, which is not installed: "
+                            "pip install -e '.[dev]', or run only the torch-free tests with -m 'not torch'")
+
+
+def pytest_collection_modifyitems(config, items):
+    needs = {}
+    for item in items:
+        path = pathlib.Path(str(item.fspath))
+        if path not in needs:
+            needs[path] = _module_needs_torch(path)
+        if needs[path]:
+            item.add_marker(pytest.mark.torch)
