@@ -1,0 +1,114 @@
+"""python -m vxl_jax.eval --benchmark {mlvu,videomme,longvideobench,niah} --annotations FILE --videos DIR --out DIR
+
+Writes OUT/results.jsonl (one line per question, appended as it is scored), OUT/summary.json (accuracy
+overall and per group) and, for niah, OUT/heatmap.png + OUT/heatmap.md. Rerunning the same command
+resumes: finished questions are skipped, never scored twice. No --model: the embedded tiny random model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from vxl_jax.eval.run import SCORINGS
+
+    p = argparse.ArgumentParser(prog="python -m vxl_jax.eval", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    p.add_argument("--benchmark", required=True, choices=["mlvu", "videomme", "longvideobench", "niah"])
+    p.add_argument("--annotations", required=True,
+                   help="annotation file (MLVU: a task JSON or the json/ folder; Video-MME: parquet/JSON/JSONL; "
+                        "LongVideoBench: lvb_val.json; niah: niah.json)")
+    p.add_argument("--videos", required=True, help="folder with the videos")
+    p.add_argument("--out", required=True, help="results folder (rerun with the same folder to resume)")
+    p.add_argument("--model", default=None, help="converted model folder (default: the embedded tiny random model)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--frames", type=int, default=None, help="frames per video, uniform (default 128; with --fps: the cap)")
+    p.add_argument("--fps", type=float, default=None, help="sample this many frames per second instead")
+    p.add_argument("--ratio", default=None, help="compression ratio (int) or a comma list for step-random mode")
+    p.add_argument("--scoring", default="generate", choices=SCORINGS,
+                   help="generate: greedy answer, letter parsed (as the original); loglik: most likely option letter; "
+                        "loglik-text: option text with the highest log-likelihood")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--no-memory", action="store_true", help="ablation: drop the video memory (chance level expected)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def parse_ratio(text):
+    if text is None:
+        return None
+    try:
+        vals = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--ratio must be an integer or a comma list of integers, got {text!r}") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise ValueError(f"--ratio values must be positive, got {text!r}")
+    return vals[0] if len(vals) == 1 else vals
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    from vxl_jax.eval.readers import read_benchmark
+    from vxl_jax.eval.run import RunSettings, run_benchmark
+
+    try:
+        if a.frames is not None and a.frames < 1:
+            raise ValueError(f"--frames must be >= 1, got {a.frames}")
+        if a.fps is not None and a.fps <= 0:
+            raise ValueError(f"--fps must be > 0, got {a.fps}")
+        if not os.path.isdir(a.videos):
+            raise FileNotFoundError(f"videos folder not found: {a.videos}")
+        items = read_benchmark(a.benchmark, a.annotations)
+        if a.limit is not None:
+            items = items[:a.limit]
+        settings = RunSettings(a.benchmark, a.scoring, a.frames, a.fps, parse_ratio(a.ratio), a.max_new_tokens,
+                               not a.no_memory, os.path.abspath(a.model) if a.model else "embedded tiny model")
+        if a.model is None:
+            from vxl_jax.demo import default_model
+
+            vx = default_model(dtype=a.dtype)
+        else:
+            from vxl_jax.api import VideoXL
+
+            vx = VideoXL.load(a.model, dtype=a.dtype)
+        summary = run_benchmark(vx, items, a.videos, a.out, settings=settings, progress=not a.quiet)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"interrupted: finished questions are in {os.path.join(a.out, 'results.jsonl')}; rerun the same "
+              f"command to resume", file=sys.stderr)
+        return 130
+    if a.benchmark == "niah":
+        write_niah_report(a.out)
+    print(json.dumps({k: summary[k] for k in ("accuracy", "scored", "items", "task_mean", "seconds_per_item")
+                      if k in summary}))
+    return 0
+
+
+def write_niah_report(out_dir: str) -> str:
+    """heatmap.md (the table) and heatmap.png (when matplotlib is installed) from OUT/results.jsonl."""
+    from vxl_jax.eval.heatmap import draw_heatmap, grid_table, niah_grid
+    from vxl_jax.eval.results import ResultsFile
+
+    lengths, depths, acc, counts = niah_grid(ResultsFile(os.path.join(out_dir, "results.jsonl")).records)
+    table = grid_table(lengths, depths, acc, counts)
+    with open(os.path.join(out_dir, "heatmap.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    try:
+        print(f"heatmap: {draw_heatmap(os.path.join(out_dir, 'heatmap.png'), lengths, depths, acc)}")
+    except ImportError as e:
+        print(f"note: {e}", file=sys.stderr)
+    return table
+
+
+if __name__ == "__main__":
+    sys.exit(main())
