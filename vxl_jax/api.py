@@ -29,6 +29,7 @@ from vxl_jax.memory import KVMemory
 from vxl_jax.model import VideoXLModel
 from vxl_jax.model.layers import dtype_of
 from vxl_jax.sampling import SamplingParams, seen_mask
+from vxl_jax.sharding import INFERENCE_PRESET, inference_mesh, shard_model
 
 IMAGE_TOKEN_INDEX = -200
 DEFAULT_RATIO = 8
@@ -88,24 +89,31 @@ class VideoXL:
     """A loaded Video-XL: config, parameters, tokenizer and generation defaults."""
 
     def __init__(self, cfg: VideoXLConfig, model: VideoXLModel, tokenizer: Any = None,
-                 generation_config: dict | None = None):
+                 generation_config: dict | None = None, mesh=None):
+        """``mesh``: None (one device), a dict of axis sizes over ``data`` / ``fsdp`` / ``tensor`` (e.g.
+        ``{"tensor": 4}``), its text form ``"tensor=4"``, or a ``jax.sharding.Mesh``: parameters placed by the
+        ``inference`` rules of :mod:`vxl_jax.sharding` (tensor parallel over heads and MLP, KV memory over KV
+        heads, batches over ``data``), and every step runs on that mesh."""
         self.cfg = cfg
-        self.model = model
+        self.mesh = inference_mesh(mesh)
+        self.model = model if self.mesh is None else shard_model(model, self.mesh, INFERENCE_PRESET)
         self.tokenizer = tokenizer
         self.generation_config = dict(generation_config or {})
-        self.engine = Engine(model)
+        self.engine = Engine(self.model, mesh=self.mesh)
         # The original's "step-random" ratio generator: seeded once, continues across calls.
         self.ratio_rng = np.random.default_rng(42)
         self.stats: dict = {}
         self._fingerprint: str | None = None
 
     @classmethod
-    def load(cls, path, dtype: str = "float32") -> "VideoXL":
-        """Load a folder written by ``convert_weights.py`` (config, params, tokenizer, generation config)."""
+    def load(cls, path, dtype: str = "float32", mesh=None) -> "VideoXL":
+        """Load a folder written by ``convert_weights.py`` (config, params, tokenizer, generation config).
+        ``mesh``: see :class:`VideoXL` (parameters are restored straight onto their shards)."""
         from vxl_jax.checkpoint import load_converted
 
-        cfg, model, tokenizer, gen = load_converted(path, dtype=dtype)
-        return cls(cfg, model, tokenizer, gen)
+        mesh = inference_mesh(mesh)
+        cfg, model, tokenizer, gen = load_converted(path, dtype=dtype, mesh=mesh, rules=INFERENCE_PRESET)
+        return cls(cfg, model, tokenizer, gen, mesh=mesh)
 
     # ------------------------------------------------------------------ inputs
 

@@ -73,11 +73,13 @@ def save_converted(path, model, tokenizer=None, generation_config: dict | None =
         tokenizer.save_pretrained(path)
 
 
-def load_converted(path, dtype: str = "float32"):
+def load_converted(path, dtype: str = "float32", mesh=None, rules: str = "inference"):
     """-> (cfg, VideoXLModel, tokenizer or None, generation_config dict) from a converted folder.
 
     Parameters are restored by Orbax into ``abstract_model(cfg)`` shapes and cast to ``dtype``
     (``float32`` | ``bfloat16`` | ``float16``); cfg.runtime param/compute dtypes are set to it.
+    ``mesh``: restore each parameter straight onto its shards (``rules`` of :mod:`vxl_jax.sharding`), so
+    no device ever holds the whole model.
     """
     import jax
     import jax.numpy as jnp
@@ -92,6 +94,11 @@ def load_converted(path, dtype: str = "float32"):
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     cfg = cfg.with_runtime(param_dtype=dtype, compute_dtype=dtype)
     graphdef, state, abstract = _abstract_pure(cfg, DTYPES[dtype])
+    if mesh is not None:
+        from vxl_jax.sharding import param_shardings
+
+        shardings = nnx.to_pure_dict(param_shardings(state, mesh, rules))
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     try:
         restored = ocp.StandardCheckpointer().restore(os.path.join(path, PARAMS_DIR), abstract)
     except Exception as e:  # noqa: BLE001 - orbax raises many types for a bad tree

@@ -37,12 +37,13 @@ def tiny_config(dtype: str = "float32"):
     return cfg
 
 
-def default_model(dtype: str = "float32", seed: int = 0):
+def default_model(dtype: str = "float32", seed: int = 0, mesh=None):
     """-> ``vxl_jax.api.VideoXL``: tiny random model (``random_model(cfg, seed)``), tiny tokenizer, and
-    generation defaults (eos [2, 1], 32 new tokens, greedy)."""
+    generation defaults (eos [2, 1], 32 new tokens, greedy). ``mesh``: as for ``VideoXL`` (e.g.
+    ``{"tensor": 2}``)."""
     from vxl_jax.api import VideoXL
     from vxl_jax.model import random_model
     from vxl_jax.tokenizer import build_tiny_tokenizer
 
     cfg = tiny_config(dtype)
-    return VideoXL(cfg, random_model(cfg, seed=seed), build_tiny_tokenizer(), dict(GENERATION_DEFAULTS))
+    return VideoXL(cfg, random_model(cfg, seed=seed), build_tiny_tokenizer(), dict(GENERATION_DEFAULTS), mesh=mesh)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vxl_jax import sharding as sh
 from vxl_jax.beacon.windows import compress_windows
 from vxl_jax.decode import decode_chunk
 from vxl_jax.memory import KVMemory, append
@@ -68,20 +69,49 @@ def _trim_host_heap() -> None:
 class Engine:
     """Holds ``(graphdef, state)`` and a cache of compiled steps."""
 
-    def __init__(self, model):
+    def __init__(self, model, mesh=None, rules=sh.INFERENCE_PRESET):
+        """``mesh``: a ``(data, fsdp, tensor)`` Mesh (see :func:`vxl_jax.sharding.inference_mesh`) or None
+        (one device). With a mesh the parameters are placed by ``rules``, every step is traced under
+        :class:`~vxl_jax.sharding.activation_sharding`, memories are kept on their memory shardings and
+        the other inputs / outputs are replicated."""
         self.graphdef, self.state = nnx.split(model)
         self.cfg = model.cfg
+        self.mesh, self.rules = mesh, rules
+        if mesh is not None:
+            self.state = sh.shard_state(self.state, mesh, rules)
         self._compiled: dict = {}
         self.compile_s = 0.0
         self.run_s = 0.0
 
+    def _place(self, args):
+        """On a mesh: memories onto their shardings, other arrays replicated (the state is placed already)."""
+        if self.mesh is None:
+            return args
+        return tuple(a if isinstance(a, nnx.State) else sh.place_memory(a, self.mesh, self.rules)
+                     if isinstance(a, KVMemory) else sh.place_replicated(a, self.mesh) for a in args)
+
+    def _traced(self, fn, static):
+        """``fn`` bound to the graphdef and static arguments; on a mesh traced under the activation rules, its
+        memory outputs pinned to the memory shardings and every other output replicated."""
+        if self.mesh is None:
+            return lambda *a: fn(self.graphdef, *a, **static)
+
+        def pinned(*a):
+            with sh.activation_sharding(self.mesh, self.rules):
+                out = fn(self.graphdef, *a, **static)
+                return jax.tree.map(lambda x: sh.pin_memory(x) if isinstance(x, KVMemory) else sh.pin_replicated(x),
+                                    out, is_leaf=lambda x: isinstance(x, KVMemory))
+
+        return pinned
+
     def _run(self, name, fn, static: dict, *args, donate: tuple = ()):
+        args = self._place(args)
         key = (name, tuple(sorted(static.items())), donate,
                tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(args)))
         exe = self._compiled.get(key)
         if exe is None:
             t0 = time.perf_counter()
-            jitted = jax.jit(lambda *a: fn(self.graphdef, *a, **static), donate_argnums=donate)
+            jitted = jax.jit(self._traced(fn, static), donate_argnums=donate)
             exe = jitted.lower(*args).compile()
             self._compiled[key] = exe
             self.compile_s += time.perf_counter() - t0

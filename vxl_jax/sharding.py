@@ -435,3 +435,88 @@ def iter_params(state_or_model) -> Iterable[tuple[str, Any]]:
     state = _state_of(state_or_model)
     for path, var in jax.tree_util.tree_leaves_with_path(state, is_leaf=_is_var):
         yield "/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path), var
+
+
+# --------------------------------------------------------------------------------------------
+# Inference placement (VideoXL.load(..., mesh=...), infer.py --mesh)
+
+INFERENCE_PRESET = "inference"
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """``"tensor=4"`` / ``"data=2,tensor=4"`` -> ``{"tensor": 4}`` / ``{"data": 2, "tensor": 4}`` (axes of
+    :data:`MESH_AXES`; sizes >= 1, or -1 for the remaining devices)."""
+    sizes: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in MESH_AXES:
+            raise ValueError(f"mesh {text!r}: expected axis=size pairs over {MESH_AXES}, e.g. 'tensor=4'")
+        try:
+            sizes[name] = int(value)
+        except ValueError:
+            raise ValueError(f"mesh {text!r}: size of {name!r} is not an integer: {value!r}") from None
+    if not sizes:
+        raise ValueError(f"mesh {text!r}: no axis given, e.g. 'tensor=4'")
+    return sizes
+
+
+def inference_mesh(spec: Mesh | Mapping[str, int] | str | None, devices: Sequence | None = None) -> Mesh | None:
+    """A ``(data, fsdp, tensor)`` Mesh for inference from ``spec``, or None for single-device runs.
+
+    ``spec``: a Mesh (returned as is; its axes must be :data:`MESH_AXES`), a dict of axis sizes
+    (missing axes are 1, one -1 takes the remaining devices), or its text form (:func:`parse_mesh`).
+    A dict asking for fewer devices than there are uses the first ones (``{"tensor": 4}`` on 8
+    devices: devices 0-3).
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, Mesh):
+        if tuple(spec.axis_names) != MESH_AXES:
+            raise ValueError(f"mesh axes must be {MESH_AXES}, got {tuple(spec.axis_names)}")
+        return spec
+    sizes = parse_mesh(spec) if isinstance(spec, str) else dict(spec)
+    unknown = set(sizes) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"mesh {sizes}: unknown axes {sorted(unknown)}; axes are {MESH_AXES}")
+    devices = list(jax.devices() if devices is None else devices)
+    dims = [int(sizes.get(a, 1)) for a in MESH_AXES]
+    if -1 not in dims:
+        need = math.prod(dims)
+        if need < 1 or any(d < 1 for d in dims):
+            raise ValueError(f"mesh {sizes}: sizes must be >= 1 (or one -1)")
+        if need > len(devices):
+            raise ValueError(f"mesh {sizes} needs {need} devices, only {len(devices)} available")
+        devices = devices[:need]
+    return make_mesh(MeshConfig(*dims), devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def place_memory(mem, mesh: Mesh, rules=INFERENCE_PRESET):
+    """``jax.device_put`` a KVMemory onto its :func:`memory_shardings` (a no-op when already there)."""
+    return jax.device_put(mem, memory_shardings(mem, mesh, rules))
+
+
+def place_replicated(tree, mesh: Mesh):
+    """``jax.device_put`` every array of ``tree`` replicated over ``mesh`` (a no-op for those already so)."""
+    rep = replicated(mesh)
+    return jax.tree.map(lambda x: x if getattr(x, "sharding", None) == rep else jax.device_put(x, rep), tree)
+
+
+def pin_memory(mem):
+    """Under :class:`activation_sharding`: a KVMemory's K/V and counters pinned to the memory axes."""
+    if _active() is None:
+        return mem
+    k, v = constrain_memory(mem.k, mem.v)
+    counters = {f: constrain(getattr(mem, f), ("cache_batch",)) for f in ("length", "n_prefix", "n_beacons", "n_text")}
+    return mem.replace(k=k, v=v, **counters)
+
+
+def pin_replicated(x):
+    """Under :class:`activation_sharding`: ``x`` replicated (outputs the host reads back, e.g. logits)."""
+    if _active() is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, replicated(_active()[0]))
