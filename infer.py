@@ -72,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     mem.add_argument("--save-memory", metavar="FILE", help="also save the compressed video memory to FILE")
     mem.add_argument("--memory", metavar="FILE", help="answer from a saved video memory instead of a video")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="parameter/compute dtype (default float32)")
+    p.add_argument("--mesh", default=None, metavar="AXIS=N[,AXIS=N]",
+                   help="run sharded over several devices, e.g. tensor=4 (tensor parallel over heads and MLP, the "
+                        "KV memory over KV heads) or data=2,tensor=4; axes data, fsdp, tensor (default: one device)")
     p.add_argument("--stats", action="store_true", help="print frames, tokens, memory size and timings to stderr")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes (errors still go to stderr)")
@@ -223,13 +226,21 @@ def warn_last_window(cfg, frames: int, ratio) -> None:
 
 
 def load_model(a: argparse.Namespace):
+    mesh = None
+    if a.mesh:
+        from vxl_jax.sharding import inference_mesh
+
+        try:
+            mesh = inference_mesh(a.mesh)
+        except ValueError as e:
+            raise UsageError(f"--mesh: {e}") from None
     if a.model is None:
         from vxl_jax.demo import default_model
 
-        return default_model(dtype=a.dtype)
+        return default_model(dtype=a.dtype, mesh=mesh)
     from vxl_jax.api import VideoXL
 
-    return VideoXL.load(a.model, dtype=a.dtype)
+    return VideoXL.load(a.model, dtype=a.dtype, mesh=mesh)
 
 
 class AnswerStream:
