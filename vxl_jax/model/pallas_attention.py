@@ -64,15 +64,41 @@ class _Plan:
         """Index of the last chunk key tile query tile i reads."""
         if not causal:
             return self.nk - 1
-        return jnp.minimum(self.nk - 1, ((i + 1) * self.tq - 1) // self.kb)
+        return jnp.minimum(self.nk - 1, jax.lax.div((i + 1) * self.tq - 1, self.kb))  # lax.div: no floor/sign on TPU
 
 
-def _kernel(mem_len_ref, layer_ref, *refs, plan: _Plan, has_mem: bool, causal: bool, scale: float, G: int, D: int):
+def _head_rows(ref, kv: int, KV: int, n: int):
+    """Rows kv, kv + KV, ... (n of them) of a slot-major [n * KV, D] tile: KV head kv's keys or values.
+
+    Mosaic loads strided rows of 32-bit data only; a 16-bit tile is read as 32-bit words (TPU packs
+    rows 2r and 2r + 1 into one word, low and high half), keeping the half that holds head kv.
+    """
+    # unit block dims are kept (not squeezed: Mosaic bitcasts the whole ref) and sliced, not indexed
+    # (interpret mode gathers strided rows only under slices)
+    lead = (pl.ds(0, 1),) * (ref.ndim - 2)
+    unit = (0,) * (ref.ndim - 2)
+    if KV == 1:
+        return ref[...][unit]
+    bits = jnp.dtype(ref.dtype).itemsize * 8
+    if bits == 32:
+        return ref[(*lead, pl.ds(kv, n, stride=KV), slice(None))][unit]
+    if bits != 16 or KV % 2:
+        raise ValueError(f"pallas attention reads {ref.dtype} memory with an even number of KV heads, got {KV}")
+    words = ref.bitcast(jnp.uint32)[(*lead, pl.ds(kv // 2, n, stride=KV // 2), slice(None))][unit]
+    half = words << 16 if kv % 2 == 0 else words & jnp.uint32(0xFFFF0000)
+    as_f32 = pltpu.bitcast(half, jnp.float32)  # a bf16 in the high half of a word is that value in fp32
+    if ref.dtype == jnp.bfloat16:
+        return as_f32.astype(jnp.bfloat16)
+    return pltpu.bitcast((half >> 16 if kv % 2 else words & jnp.uint32(0xFFFF)).astype(jnp.uint16), ref.dtype)
+
+
+def _kernel(mem_len_ref, layer_ref, *refs, plan: _Plan, has_mem: bool, causal: bool, scale: float, KV: int,
+            G: int, D: int):
     if has_mem:
         q_ref, mk_ref, mv_ref, k_ref, v_ref, valid_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc = refs
     else:
         q_ref, k_ref, v_ref, valid_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc = refs
-    b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+    b, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     tq = plan.tq
 
     @pl.when(j == 0)
@@ -81,32 +107,38 @@ def _kernel(mem_len_ref, layer_ref, *refs, plan: _Plan, has_mem: bool, causal: b
         l_sc[...] = jnp.zeros(l_sc.shape, jnp.float32)
         acc_sc[...] = jnp.zeros(acc_sc.shape, jnp.float32)
 
-    def merge(k, v, ok):
-        """Fold key tile k, v [n, D] (visible where ok [tq, n]) into the statistics of all G heads."""
-        for g in range(G):
-            lanes = slice(g * D, (g + 1) * D)
-            s = jax.lax.dot_general(q_ref[:, lanes], k, (((1,), (1,)), ((), ())),
-                                    preferred_element_type=jnp.float32) * scale
-            s = jnp.where(ok, s, _NEG)
-            m_prev = m_sc[g]
-            m_new = jnp.maximum(m_prev, jnp.max(s, axis=-1, keepdims=True))
-            p = jnp.where(ok, jnp.exp(s - m_new), 0.0)
-            corr = jnp.exp(m_prev - m_new)
-            l_sc[g] = l_sc[g] * corr + jnp.sum(p, axis=-1, keepdims=True)
-            acc_sc[:, lanes] = acc_sc[:, lanes] * corr + jax.lax.dot_general(
-                p.astype(v.dtype), v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-            m_sc[g] = m_new
+    def merge(k_tile, v_tile, n, ok, key_ok=None):
+        """Fold a key tile (refs [n * KV, D], slot-major: row s * KV + kv) visible where ok [tq, n] into
+        the statistics of every head; key_ok [n, 1] zeroes values of keys that may hold anything."""
+        for kv in range(KV):
+            k = _head_rows(k_tile, kv, KV, n).astype(q_ref.dtype)
+            v = _head_rows(v_tile, kv, KV, n).astype(q_ref.dtype)
+            if key_ok is not None:
+                v = jnp.where(key_ok, v, 0)
+            for g in range(G):
+                h = kv * G + g
+                lanes = slice(h * D, (h + 1) * D)
+                s = jax.lax.dot_general(q_ref[:, lanes], k, (((1,), (1,)), ((), ())),
+                                        preferred_element_type=jnp.float32) * scale
+                s = jnp.where(ok, s, _NEG)
+                m_prev = m_sc[:, h:h + 1]
+                m_new = jnp.maximum(m_prev, jnp.max(s, axis=-1, keepdims=True))
+                p = jnp.where(ok, jnp.exp(s - m_new), 0.0)
+                corr = jnp.exp(m_prev - m_new)
+                l_sc[:, h:h + 1] = l_sc[:, h:h + 1] * corr + jnp.sum(p, axis=-1, keepdims=True)
+                acc_sc[:, lanes] = acc_sc[:, lanes] * corr + jax.lax.dot_general(
+                    p.astype(v.dtype), v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+                m_sc[:, h:h + 1] = m_new
 
     if has_mem:
         mem_len = mem_len_ref[b]
 
         @pl.when((j < plan.n_mem) & (j * plan.mb < mem_len))
         def _memory():
-            cols = j * plan.mb + jax.lax.broadcasted_iota(jnp.int32, (1, plan.mb), 1)
+            cols = j * plan.mb + jax.lax.broadcasted_iota(jnp.int32, (tq, plan.mb), 1)
             slots = j * plan.mb + jax.lax.broadcasted_iota(jnp.int32, (plan.mb, 1), 0)
-            # unfilled slots (and the tail of a partial last tile) may hold anything: zero the values
-            v = jnp.where(slots < mem_len, mv_ref[...].astype(q_ref.dtype), 0)
-            merge(mk_ref[...].astype(q_ref.dtype), v, jnp.broadcast_to(cols < mem_len, (tq, plan.mb)))
+            # unfilled slots (and the tail of a partial last tile) may hold anything: zero their values
+            merge(mk_ref, mv_ref, plan.mb, cols < mem_len, slots < mem_len)
 
     c = j - plan.n_mem
 
@@ -117,15 +149,15 @@ def _kernel(mem_len_ref, layer_ref, *refs, plan: _Plan, has_mem: bool, causal: b
             rows = i * tq + jax.lax.broadcasted_iota(jnp.int32, (tq, plan.kb), 0)
             cols = c * plan.kb + jax.lax.broadcasted_iota(jnp.int32, (tq, plan.kb), 1)
             ok = ok & (cols <= rows)
-        merge(k_ref[...], v_ref[...], ok)
+        merge(k_ref, v_ref, plan.kb, ok)
 
-    @pl.when(j == pl.num_programs(3) - 1)
+    @pl.when(j == pl.num_programs(2) - 1)
     def _finish():
-        for g in range(G):
-            l = l_sc[g]
+        for h in range(KV * G):
+            l = l_sc[:, h:h + 1]
             safe = jnp.where(l > 0, l, 1.0)  # a row that sees nothing gives 0, not NaN
-            o_ref[:, g * D:(g + 1) * D] = (acc_sc[:, g * D:(g + 1) * D] / safe).astype(o_ref.dtype)
-            lse_ref[:, g:g + 1] = jnp.where(l > 0, m_sc[g] + jnp.log(safe), jnp.inf)
+            o_ref[:, h * D:(h + 1) * D] = (acc_sc[:, h * D:(h + 1) * D] / safe).astype(o_ref.dtype)
+            lse_ref[:, h:h + 1] = jnp.where(l > 0, m_sc[:, h:h + 1] + jnp.log(safe), jnp.inf)
 
 
 def _pad_rows(x, n):
@@ -141,53 +173,54 @@ def _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks
     M = mem_k.shape[-3] if has_mem else 0
     plan = _Plan(T, M, *blocks)
     q2 = _pad_rows(q.reshape(B, T, H * D), plan.tq_pad)
-    k2 = _pad_rows(k.reshape(B, T, KV * D), plan.tk_pad)
-    v2 = _pad_rows(v.reshape(B, T, KV * D), plan.tk_pad)
+    k2 = _pad_rows(k, plan.tk_pad).reshape(B, plan.tk_pad * KV, D)  # slot-major rows: t * KV + kv
+    v2 = _pad_rows(v, plan.tk_pad).reshape(B, plan.tk_pad * KV, D)
     valid2 = _pad_rows(valid.astype(jnp.int32), plan.tk_pad)[:, None, :]  # [B, 1, Tk]: keys on lanes
     mem_len = jnp.zeros((B,), jnp.int32) if mem_len is None else mem_len.astype(jnp.int32)
     layer = jnp.zeros((1,), jnp.int32) if layer is None else jnp.reshape(layer, (1,)).astype(jnp.int32)
 
-    def chunk_tile(b, i, j, lens, lyr):
+    def chunk_tile(i, j):
         return jnp.clip(j - plan.n_mem, 0, plan.last_chunk_tile(i, causal))
 
     def mem_tile(b, j, lens):
-        last = jnp.maximum((lens[b] + plan.mb - 1) // plan.mb - 1, 0)
+        last = jnp.maximum(jax.lax.div(lens[b] + plan.mb - 1, plan.mb) - 1, 0)
         return jnp.minimum(jnp.minimum(j, last), plan.n_mem - 1)
 
-    q_spec = pl.BlockSpec((None, plan.tq, G * D), lambda b, h, i, j, lens, lyr: (b, i, h))
+    q_spec = pl.BlockSpec((None, plan.tq, H * D), lambda b, i, j, lens, lyr: (b, i, 0))
     in_specs, args = [q_spec], [q2]
     if has_mem:
         L = mem_k.shape[0] if mem_k.ndim == 5 else 1
-        mk, mv = (m.reshape(L, B, M, KV * D) for m in (mem_k, mem_v))
-        mem_spec = pl.BlockSpec((None, None, plan.mb, D),
-                                lambda b, h, i, j, lens, lyr: (lyr[0], b, mem_tile(b, j, lens), h))
+        # [(L,) B, M, KV, D] -> [L, B, M * KV, D]: the same bytes (TPU tiles the (KV, D) pair row-major)
+        mk, mv = (m.reshape(L, B, M * KV, D) for m in (mem_k, mem_v))
+        mem_spec = pl.BlockSpec((1, 1, plan.mb * KV, D),
+                                lambda b, i, j, lens, lyr: (lyr[0], b, mem_tile(b, j, lens), 0))
         in_specs += [mem_spec, mem_spec]
         args += [mk, mv]
-    kv_spec = pl.BlockSpec((None, plan.kb, D), lambda b, h, i, j, lens, lyr: (b, chunk_tile(b, i, j, lens, lyr), h))
-    valid_spec = pl.BlockSpec((None, 1, plan.kb), lambda b, h, i, j, lens, lyr: (b, 0, chunk_tile(b, i, j, lens, lyr)))
+    kv_spec = pl.BlockSpec((1, plan.kb * KV, D), lambda b, i, j, lens, lyr: (b, chunk_tile(i, j), 0))
+    valid_spec = pl.BlockSpec((None, 1, plan.kb), lambda b, i, j, lens, lyr: (b, 0, chunk_tile(i, j)))
     in_specs += [kv_spec, kv_spec, valid_spec]
     args += [k2, v2, valid2]
 
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=2,
-        grid=(B, KV, plan.nq, plan.n_mem + plan.nk),
+        grid=(B, plan.nq, plan.n_mem + plan.nk),
         in_specs=in_specs,
-        out_specs=[q_spec, pl.BlockSpec((None, None, plan.tq, G), lambda b, h, i, j, lens, lyr: (b, h, i, 0))],
-        scratch_shapes=[pltpu.VMEM((G, plan.tq, 1), jnp.float32), pltpu.VMEM((G, plan.tq, 1), jnp.float32),
-                        pltpu.VMEM((plan.tq, G * D), jnp.float32)],
+        out_specs=[q_spec, pl.BlockSpec((None, plan.tq, H), lambda b, i, j, lens, lyr: (b, i, 0))],
+        scratch_shapes=[pltpu.VMEM((plan.tq, H), jnp.float32), pltpu.VMEM((plan.tq, H), jnp.float32),  # max, sum
+                        pltpu.VMEM((plan.tq, H * D), jnp.float32)],
     )
-    kernel = functools.partial(_kernel, plan=plan, has_mem=has_mem, causal=causal, scale=scale, G=G, D=D)
+    kernel = functools.partial(_kernel, plan=plan, has_mem=has_mem, causal=causal, scale=scale, KV=KV, G=G, D=D)
     out, lse = pl.pallas_call(
         kernel,
         grid_spec=grid_spec,
         out_shape=[jax.ShapeDtypeStruct((B, plan.tq_pad, H * D), q.dtype),
-                   jax.ShapeDtypeStruct((B, KV, plan.tq_pad, G), jnp.float32)],
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+                   jax.ShapeDtypeStruct((B, plan.tq_pad, H), jnp.float32)],
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
         interpret=interpret,
         name="vxl_memory_chunk_attention",
     )(mem_len, layer, *args)
     out = out[:, :T].reshape(B, T, H, D)
-    return out, jnp.swapaxes(lse[:, :, :T], 2, 3)
+    return out, jnp.transpose(lse[:, :T].reshape(B, T, KV, G), (0, 2, 3, 1))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11))

@@ -1,0 +1,84 @@
+"""Compile the ``pallas`` attention kernel for a TPU ahead of time (no TPU needed; nothing allocated).
+
+Needs the ``[tpu]`` extra (jax[tpu] + libtpu). 7B-like heads (28 query heads, 4 KV heads, head dim
+128) in bfloat16 over a 16k-slot memory: a prefill window (1440 + 180 rows, stacked memory read
+with a layer index), one decoding row, and the training form (forward + gradient; the backward is
+the blocked XLA backward). Prints what compiled, the compile time and ``memory_analysis()``.
+
+    .venv-tpu/bin/python bench/pallas_tpu_compile.py [--topology v5p:2x2x2] [--only prefill,decode,grad]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import topologies
+
+from vxl_jax.model.pallas_attention import pallas_attention
+
+H, KV, D, LAYERS = 28, 4, 128, 28
+CHUNK, MEM = 1440 + 180, 16384
+
+
+def _cases(dt):
+    sds = jax.ShapeDtypeStruct
+    i32 = jnp.int32
+
+    def prefill(q, k, v, valid, mk, mv, mem_len, layer):
+        return pallas_attention(q, k, v, valid=valid, mem_k=mk, mem_v=mv, mem_len=mem_len, mem_layer=layer,
+                                interpret=False)
+
+    def decode(q, k, v, mk, mv, mem_len, layer):
+        return pallas_attention(q, k, v, mem_k=mk, mem_v=mv, mem_len=mem_len, mem_layer=layer, interpret=False)
+
+    def grad(q, k, v, valid, mk, mv, mem_len, w):
+        def loss(q, k, v, mk, mv):
+            out = pallas_attention(q, k, v, valid=valid, mem_k=mk, mem_v=mv, mem_len=mem_len, interpret=False)
+            return jnp.sum(out.astype(jnp.float32) * w)
+        return jax.grad(loss, argnums=(0, 1, 2, 3, 4))(q, k, v, mk, mv)
+
+    stacked = sds((LAYERS, 1, MEM, KV, D), dt)
+    chunk = (sds((1, CHUNK, H, D), dt), sds((1, CHUNK, KV, D), dt), sds((1, CHUNK, KV, D), dt))
+    return {
+        "prefill": (prefill, (*chunk, sds((1, CHUNK), bool), stacked, stacked, sds((1,), i32), sds((), i32))),
+        "decode": (decode, (sds((1, 1, H, D), dt), sds((1, 1, KV, D), dt), sds((1, 1, KV, D), dt), stacked, stacked,
+                            sds((1,), i32), sds((), i32))),
+        "grad": (grad, (*chunk, sds((1, CHUNK), bool), sds((1, MEM, KV, D), dt), sds((1, MEM, KV, D), dt),
+                        sds((1,), i32), sds((1, CHUNK, H, D), jnp.float32))),
+    }
+
+
+def _gib(n):
+    return f"{n / 2 ** 30:.3f} GiB"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--topology", default="v5p:2x2x2")
+    ap.add_argument("--only", default="prefill,decode,grad")
+    args = ap.parse_args()
+    topo = topologies.get_topology_desc(topology_name=args.topology, platform="tpu")
+    device = topo.devices[0]
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    print(f"target: {args.topology} ({device.device_kind}), one chip; H={H} KV={KV} Dh={D} chunk={CHUNK} "
+          f"memory={MEM} slots (x{LAYERS} layers stacked for prefill/decode), bfloat16")
+    cases = _cases(jnp.bfloat16)
+    print(f"{'case':8} {'compile_s':>9} {'arguments':>12} {'outputs':>12} {'temporaries':>12}")
+    for name in args.only.split(","):
+        fn, shapes = cases[name]
+        shapes = [jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding) for s in shapes]
+        t0 = time.perf_counter()
+        compiled = jax.jit(fn).trace(*shapes).lower().compile()
+        dt = time.perf_counter() - t0
+        mem = compiled.memory_analysis()
+        print(f"{name:8} {dt:9.1f} {_gib(mem.argument_size_in_bytes):>12} {_gib(mem.output_size_in_bytes):>12} "
+              f"{_gib(mem.temp_size_in_bytes):>12}", flush=True)
+        kernels = compiled.as_text().count('custom_call_target="tpu_custom_call"')
+        print(f"{'':8} Mosaic kernels in the compiled HLO: {kernels}")
+
+
+if __name__ == "__main__":
+    main()
