@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
@@ -40,6 +39,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from vxl_jax import distributed
 from vxl_jax.config import MeshConfig
 
 log = logging.getLogger(__name__)
@@ -365,63 +365,12 @@ def make_mesh(mesh_cfg: MeshConfig | Sequence[int] | None = None, devices: Seque
     return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
-def _multi_process_env(env: Mapping[str, str]) -> str | None:
-    """Name of the launcher detected in ``env`` when it runs several processes, else None."""
-    def count(key):
-        try:
-            return int(env.get(key, "1"))
-        except ValueError:
-            return 1
-
-    if env.get("JAX_COORDINATOR_ADDRESS"):
-        return "JAX_COORDINATOR_ADDRESS"
-    if "SLURM_JOB_ID" in env and count("SLURM_NTASKS") > 1:
-        return "slurm"
-    if count("OMPI_COMM_WORLD_SIZE") > 1:
-        return "openmpi"
-    if "," in env.get("TPU_WORKER_HOSTNAMES", "") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
-        return "cloud_tpu"
-    return None
-
-
 def maybe_initialize_distributed(enable: bool | None = None, *, coordinator_address: str | None = None,
                                  num_processes: int | None = None, process_id: int | None = None,
                                  env: Mapping[str, str] | None = None) -> bool:
-    """Call ``jax.distributed.initialize()`` only for multi-process runs; returns whether it is initialised.
-
-    ``enable``: True forces it, False skips it, None (default) decides from the environment: an
-    explicit coordinator/num_processes argument, ``VXL_DISTRIBUTED=1|0``, ``JAX_COORDINATOR_ADDRESS``
-    (with ``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``), SLURM with >1 task, Open MPI with >1 rank, or a
-    multi-host Cloud TPU slice. A single-process run (tests, one GPU box) never initialises.
-    Call it before anything touches a JAX backend.
-    """
-    env = os.environ if env is None else env
-    if jax.distributed.is_initialized():
-        return True
-    flag = env.get("VXL_DISTRIBUTED")
-    if enable is None and flag is not None:
-        enable = flag.strip().lower() in ("1", "true", "yes")
-    if enable is False:
-        return False
-    explicit = coordinator_address is not None or num_processes is not None
-    reason = "forced" if enable else "arguments" if explicit else _multi_process_env(env)
-    if reason is None:
-        return False
-    kwargs: dict[str, Any] = {}
-    coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
-    if coordinator_address:
-        kwargs["coordinator_address"] = coordinator_address
-    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
-        num_processes = int(env["JAX_NUM_PROCESSES"])
-    if process_id is None and env.get("JAX_PROCESS_ID"):
-        process_id = int(env["JAX_PROCESS_ID"])
-    if num_processes is not None:
-        kwargs["num_processes"] = num_processes
-    if process_id is not None:
-        kwargs["process_id"] = process_id
-    log.info("jax.distributed.initialize (%s) %s", reason, kwargs)
-    jax.distributed.initialize(**kwargs)
-    return True
+    """:func:`vxl_jax.distributed.maybe_initialize` (multi-process start-up; kept here for callers)."""
+    return distributed.maybe_initialize(enable, coordinator_address=coordinator_address,
+                                        num_processes=num_processes, process_id=process_id, env=env)
 
 
 def describe(mesh: Mesh) -> str:
