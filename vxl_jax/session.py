@@ -29,6 +29,7 @@ import json
 import math
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -182,9 +183,15 @@ def add_frames(vx, state: SessionState, pixel_values) -> SessionState:
                                ratios=ratios)
 
 
-def video_memory(vx, state: SessionState, extra_slots: int = 0):
+def _fresh(kv: KVMemory, session_kv: KVMemory) -> KVMemory:
+    """``kv`` with every buffer it shares with the session's memory copied (steps donate their memory)."""
+    return jax.tree.map(lambda new, old: jnp.array(new, copy=True) if new is old else new, kv, session_kv)
+
+
+def video_memory(vx, state: SessionState, extra_slots: int = 0, fresh: bool = False):
     """-> (VideoMemory of the video so far, per-window ratios). The pending frames are compressed as a clipped
-    last window into a copy of the memory; the state is unchanged. ``extra_slots``: room for text after it."""
+    last window into a copy of the memory; the state is unchanged. ``extra_slots``: room for text after it.
+    ``fresh``: the memory shares no buffer with the session's (it may be donated)."""
     from vxl_jax.api import VideoMemory
 
     b = vx.cfg.beacon
@@ -195,15 +202,11 @@ def video_memory(vx, state: SessionState, extra_slots: int = 0):
         n_valid = state.pending_frames * b.tokens_per_frame
         r, _ = _pick(state.ratio, state.rng_state, n_valid, state.windows)
         need = length + n_valid // r + extra_slots
-        # a fresh buffer: the window call donates its memory, the session keeps its own
-        kv = _grow(kv, need)
-        if kv is state.kv:
-            kv = KVMemory(*(jnp.array(x, copy=True) for x in (kv.k, kv.v, kv.length, kv.n_prefix, kv.n_beacons,
-                                                              kv.n_text)))
-        kv = _compress(vx, kv, state.pending, [n_valid], [r])
+        kv = _compress(vx, _fresh(_grow(kv, need), state.kv), state.pending, [n_valid], [r])
         ratios += (r,)
     else:
         kv = _grow(kv, length + extra_slots)
+        kv = _fresh(kv, state.kv) if fresh else kv
     visual = state.frames * b.tokens_per_frame
     return VideoMemory(kv, state.prompt_ids, state.frames, visual), ratios
 
@@ -213,8 +216,11 @@ def prefill(vx, state: SessionState, suffix_ids):
     from vxl_jax.api import _TEXT_BUCKET, PrefillResult
 
     suffix = _suffix(suffix_ids)
-    vm, ratios = video_memory(vx, state, extra_slots=len(suffix) + _TEXT_BUCKET)
-    logits, mem = vx._text(vm.kv, suffix, "text", donate=vm.kv is not state.kv)
+    vm, ratios = video_memory(vx, state, extra_slots=len(suffix) + _TEXT_BUCKET, fresh=True)
+    logits, mem = vx._text(vm.kv, suffix, "text", donate=True)
+    # the video memory shares the result's K/V (append-only), as in VideoXL.prefill
+    n = len(suffix)
+    vm = dataclasses.replace(vm, kv=mem.replace(length=mem.length - n, n_text=mem.n_text - n))
     return PrefillResult(np.asarray(logits, np.float32), mem, vm, ratios)
 
 
