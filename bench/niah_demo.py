@@ -34,28 +34,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "train_tiny.yaml")
 
 
-def make_training_data(root: str, n: int, lengths: tuple[int, int], seed: int) -> dict:
+def make_training_data(root: str, n: int, lengths: tuple[int, int], needle_frames: int, seed: int) -> dict:
     """Write (or reuse) ``n`` training videos and their records -> {train, video_folder}."""
-    from vxl_jax.data.synthetic import colour_frames, write_video
-    from vxl_jax.eval.niah import COLOUR_OPTIONS, COLOUR_QUESTION, FPS
+    from vxl_jax.data.synthetic import write_video
     from vxl_jax.eval.choice import niah_user
+    from vxl_jax.eval.niah import COLOUR_OPTIONS, COLOUR_QUESTION, FPS, colour_needles, insert_needle, noise_haystack
 
     out = {"train": os.path.join(root, "train.json"), "video_folder": os.path.join(root, "videos")}
     stamp = os.path.join(root, "dataset.json")
-    params = {"n": n, "lengths": list(lengths), "seed": seed, "version": 1}
+    params = {"n": n, "lengths": list(lengths), "needle_frames": needle_frames, "seed": seed, "version": 2}
     if os.path.isfile(stamp) and json.load(open(stamp)) == params:
         return out
     os.makedirs(out["video_folder"], exist_ok=True)
     rng = np.random.default_rng(seed)
     user = niah_user(COLOUR_QUESTION, COLOUR_OPTIONS)
+    needles = colour_needles(frames=needle_frames)
     records = []
     for i in range(n):
         c = int(rng.integers(len(COLOUR_OPTIONS)))
         length = int(rng.integers(lengths[0], lengths[1] + 1))
-        pos = int(rng.integers(length))
+        hay = noise_haystack(length - needle_frames, seed=int(rng.integers(2 ** 31)))
+        frames, _ = insert_needle(hay, needles[c].frames, float(rng.uniform(0, 100)))
         rel = f"train_{i:04d}.mp4"
-        write_video(os.path.join(out["video_folder"], rel),
-                    colour_frames(COLOUR_OPTIONS[c], pos, length, FPS, seed=int(rng.integers(2 ** 31))), FPS)
+        write_video(os.path.join(out["video_folder"], rel), frames, FPS)
         records.append({"id": f"train-{i}", "video": rel, "conversations": [
             {"from": "human", "value": "<image>\n" + user}, {"from": "gpt", "value": "ABCD"[c]}]})
     with open(out["train"], "w") as f:
@@ -69,7 +70,8 @@ def train(work: str, a) -> tuple[str, dict]:
     """Train (or reuse) the tiny model -> (export folder, training summary)."""
     from vxl_jax.train.loop import run
 
-    data = make_training_data(os.path.join(work, "train_data"), a.n_train, (a.train_min, a.train_max), a.seed)
+    data = make_training_data(os.path.join(work, "train_data"), a.n_train, (a.train_min, a.train_max),
+                              a.needle_frames, a.seed)
     overrides = [f"train.steps={a.steps}", f"train.batch_size={a.batch}", f"train.lr={a.lr}",
                  "train.warmup_ratio=0.05", "train.min_lr_ratio=0.1", "train.ratios=[8]", "train.eval_ratio=8",
                  "train.eval_every=0", "train.log_every=25", f"train.workdir={os.path.join(work, 'run')}",
@@ -78,7 +80,14 @@ def train(work: str, a) -> tuple[str, dict]:
                  f"data.frames_upbound={a.train_max}", "data.max_suffix=112", f"checkpoint.every={a.steps}"]
     t = time.time()
     summary = run(CONFIG, overrides)
-    summary["wall_s"] = time.time() - t
+    record = os.path.join(work, "train_summary.json")
+    if summary.get("already_finished") and os.path.isfile(record):
+        with open(record) as f:
+            summary = {**json.load(f), **summary}  # the cached run's training time
+    else:
+        summary["wall_s"] = time.time() - t
+        with open(record, "w") as f:
+            json.dump({k: summary.get(k) for k in ("final_step", "train_time_s", "wall_s")}, f)
     return summary["export"], summary
 
 
@@ -91,7 +100,8 @@ def main(argv=None):
     p.add_argument("--init-std", type=float, default=0.1)
     p.add_argument("--n-train", type=int, default=512)
     p.add_argument("--train-min", type=int, default=10, help="shortest training video (frames)")
-    p.add_argument("--train-max", type=int, default=40, help="longest training video (frames)")
+    p.add_argument("--train-max", type=int, default=30, help="longest training video (frames)")
+    p.add_argument("--needle-frames", type=int, default=2, help="frames of each colour needle")
     p.add_argument("--lengths", default="10,20,40,80", help="haystack lengths (frames)")
     p.add_argument("--depths", default="0,25,50,75,100", help="needle depths (percent)")
     p.add_argument("--seed", type=int, default=0)
@@ -105,8 +115,65 @@ def main(argv=None):
     return evaluate(work, export, a, summary)
 
 
+def run_grid(vx, items, videos, out, keep_memory: bool) -> tuple[dict, float]:
+    from vxl_jax.eval import RunSettings, run_benchmark
+
+    t = time.time()
+    settings = RunSettings("niah", "generate", max_new_tokens=4, ratio=8, keep_memory=keep_memory,
+                           model="bench/niah_demo.py tiny model")
+    summary = run_benchmark(vx, items, videos, out, settings=settings, progress=True)
+    return summary, time.time() - t
+
+
 def evaluate(work, export, a, train_summary):
-    raise NotImplementedError  # filled in below once the eval package exists
+    from vxl_jax.api import VideoXL
+    from vxl_jax.eval.__main__ import write_niah_report
+    from vxl_jax.eval.heatmap import draw_heatmap, grid_table, niah_grid
+    from vxl_jax.eval.niah import colour_needles, make_niah
+    from vxl_jax.eval.readers import read_niah
+    from vxl_jax.eval.results import ResultsFile
+
+    lengths = [int(x) for x in a.lengths.split(",")]
+    depths = [float(x) for x in a.depths.split(",")]
+    tag = f"L{'-'.join(map(str, lengths))}_D{'-'.join(f'{d:g}' for d in depths)}_n{a.needle_frames}_s{a.seed}"
+    test_dir = os.path.join(work, "niah_" + tag)
+    t = time.time()
+    ann = make_niah(test_dir, lengths, depths, needles=colour_needles(frames=a.needle_frames), seed=a.seed + 1,
+                    progress=True)
+    t_make = time.time() - t
+    items = read_niah(ann)
+    vx = VideoXL.load(export)
+    out = os.path.join(work, "results_" + tag + f"_steps{a.steps}")
+    summary, t_run = run_grid(vx, items, os.path.join(test_dir, "videos"), out, keep_memory=True)
+    print(f"\nneedle test ({len(items)} items, memory kept):")
+    write_niah_report(out)
+    cut_out = out + "_memory_cut"
+    cut, t_cut = run_grid(vx, items, os.path.join(test_dir, "videos"), cut_out, keep_memory=False)
+    lengths_, depths_, acc_cut, _ = niah_grid(ResultsFile(os.path.join(cut_out, "results.jsonl")).records)
+    draw_heatmap(os.path.join(cut_out, "heatmap.png"), lengths_, depths_, acc_cut,
+                 title="Needle test, beacon memory cut (control)")
+    print("\ncontrol, beacon memory cut (the question cannot see the video):")
+    print(grid_table(lengths_, depths_, acc_cut))
+    per_item = [r["timing"] for r in ResultsFile(os.path.join(out, "results.jsonl")).records]
+    by_len = {}
+    for r in ResultsFile(os.path.join(out, "results.jsonl")).records:
+        by_len.setdefault(r["groups"]["length"], []).append(r["timing"]["item_s"])
+    res = {"train_steps": a.steps, "train_time_s": round(train_summary.get("train_time_s") or 0, 1),
+           "make_niah_s": round(t_make, 1), "eval_s": round(t_run, 1), "items": len(items),
+           "accuracy": summary["accuracy"], "accuracy_memory_cut": cut["accuracy"], "chance": 0.25,
+           "seconds_per_item": summary.get("seconds_per_item"),
+           "seconds_per_item_by_length": {k: round(float(np.mean(v)), 4) for k, v in sorted(by_len.items())},
+           "results": out, "heatmap": os.path.join(out, "heatmap.png")}
+    print("\n| train steps | train time | items | accuracy | memory cut | chance | s / item (all) | "
+          + " | ".join(f"s / item, {k} frames" for k in res["seconds_per_item_by_length"]) + " |")
+    print("|---" * (7 + len(res["seconds_per_item_by_length"])) + "|")
+    print(f"| {a.steps} | {res['train_time_s']} s | {len(items)} | {summary['accuracy']:.1%} | {cut['accuracy']:.1%} "
+          f"| 25% | {res['seconds_per_item']:.3f} | "
+          + " | ".join(f"{v:.3f}" for v in res["seconds_per_item_by_length"].values()) + " |")
+    print(json.dumps(res, indent=1))
+    with open(os.path.join(work, "niah_demo.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    return res
 
 
 if __name__ == "__main__":

@@ -15,10 +15,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from vxl_jax.constants import DEFAULT_SYSTEM
+
 LETTERS = "ABCDEFGHIJ"
 WATCH_SYSTEM = ("Carefully watch this video and pay attention to every detail. Based on your observations, "
                 "select the best option that accurately addresses the question.")
-DEFAULT_SYSTEM = "You are a helpful assistant."
 DIRECT_LETTER = "Answer with the option's letter from the given choices directly."
 
 

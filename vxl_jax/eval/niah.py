@@ -44,14 +44,14 @@ class Needle:
     answer: str
 
 
-def colour_needles(size=DEFAULT_SIZE) -> list[Needle]:
-    """One needle per colour: a single frame filled with it (the colours of ``vxl_jax.data.synthetic``)."""
+def colour_needles(size=DEFAULT_SIZE, frames: int = 1) -> list[Needle]:
+    """One needle per colour: ``frames`` frames filled with it (the colours of ``vxl_jax.data.synthetic``)."""
     from vxl_jax.data.synthetic import COLOURS
 
     w, h = size
     out = []
     for i, name in enumerate(COLOUR_OPTIONS):
-        frame = np.broadcast_to(np.asarray(COLOURS[name], np.uint8), (1, h, w, 3)).copy()
+        frame = np.broadcast_to(np.asarray(COLOURS[name], np.uint8), (frames, h, w, 3)).copy()
         out.append(Needle(name, frame, COLOUR_QUESTION, list(COLOUR_OPTIONS), "ABCD"[i]))
     return out
 

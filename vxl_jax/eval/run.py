@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -71,7 +72,9 @@ def read_frames(path: str, size: int, frames: int | None, fps: float | None) -> 
     from vxl_jax.video import VideoError, load_video, open_video
 
     if fps is None:
-        return load_video(path, frames or DEFAULT_FRAMES, size=size)[0] if frames is None or frames >= 1 else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a video shorter than `frames`: all its frames are used
+            return load_video(path, frames or DEFAULT_FRAMES, size=size)[0]
     vr = open_video(path)
     idx = fps_indices(len(vr), float(vr.get_avg_fps() or 0.0), fps, frames)
     out = np.empty((len(idx), size, size, 3), np.uint8)
