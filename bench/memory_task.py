@@ -55,12 +55,11 @@ def colour_accuracy(model, records, spec, ratio: int, keep_memory: bool) -> floa
     assert len(set(first)) == len(first), "colour names must start with distinct tokens"
     proc = ProcessRecord(spec)
     graphdef, state = nnx.split(model)
-    fpw = model.cfg.beacon.frames_per_window
     ratios = (ratio,)
 
     @jax.jit
     def neg_logp(state, batch):
-        W = -(-batch["pixels"].shape[1] // fpw)
+        W = model.cfg.beacon.windows_for_frames(batch["pixels"].shape[1])
         return windowed_loss(nnx.merge(graphdef, state), batch, jnp.zeros((W,), jnp.int32), ratios=ratios,
                              keep_memory=keep_memory)[0]
 

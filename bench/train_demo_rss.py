@@ -127,36 +127,28 @@ def part_phases(config: str, overrides: list[str]):
     import numpy as np
 
     from vxl_jax import sharding as sh
-    from vxl_jax.config import VideoXLConfig, load_yaml_sections
-    from vxl_jax.train import loop, optim
+    from vxl_jax.train import loop
     from vxl_jax.train import step as st
-    from vxl_jax.train.config import from_sections
+    from vxl_jax.train.config import load_run_config
 
     mark("import jax + vxl_jax")
     tmp = tempfile.mkdtemp(prefix="vxl_demo_phases_")
     jax.config.update("jax_compilation_cache_dir", os.path.join(tmp, "xla"))  # fresh: really compile
-    sections = load_yaml_sections(config, overrides)
-    cfg = VideoXLConfig.from_dict(sections["model"])
-    tcfg, dcfg, ccfg = from_sections(sections)
-    ratios = tuple(tcfg.ratios) or tuple(cfg.beacon.ratios)
+    rc = load_run_config(config, overrides)
+    cfg, tcfg, dcfg, ccfg, ratios = rc.model, rc.train, rc.data, rc.checkpoint, rc.ratios
     mesh = sh.make_mesh(cfg.runtime.mesh)
     loader, eval_records, spec = loop.setup_data(cfg, tcfg, dcfg, os.path.join(tmp, "run"), 1)
     mark("data (synthetic set + loader)")
-    model = loop.build_model(cfg, tcfg, ccfg)
-    tx = optim.make_optimizer(tcfg)
-    graphdef, state, shardings = st.init_state(model, tx, optim.trainable_filter(tcfg.trainable, tcfg.freeze_vision),
-                                               mesh, tcfg.seed)
-    del model
+    trainer, state = st.build_trainer(loop.build_model(cfg, tcfg, ccfg), tcfg, mesh, ratios)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
     mark("model + train state", f"{n_params:,} trainable params")
-    trainer = st.Trainer(graphdef, tx, optim.lr_schedule(tcfg), ratios, cfg.runtime.remat, mesh, shardings,
-                         keep_memory=tcfg.keep_memory).compile()
+    trainer = trainer.compile()
     batch = next(loader)
     px = batch["pixels"]
     host_bytes = sum(v.nbytes for v in batch.values())
     mark("one host batch", f"pixels {px.dtype} {list(px.shape)} = {px.nbytes / MiB:.1f} MiB; batch "
                            f"{host_bytes / MiB:.1f} MiB")
-    gb = st.to_global(batch, mesh, tcfg.batch_size)
+    gb = st.to_global(batch, mesh, tcfg.batch_size, trainer.rules)
     lowered = trainer.train_step.lower(state, gb)
     mark("lower train step")
     t = time.perf_counter()
@@ -172,7 +164,7 @@ def part_phases(config: str, overrides: list[str]):
     jax.block_until_ready(m)
     mark("train step run 1", f"{time.perf_counter() - t:.1f} s")
     batch2 = next(loader)
-    state, m = compiled(state, st.to_global(batch2, mesh, tcfg.batch_size))
+    state, m = compiled(state, st.to_global(batch2, mesh, tcfg.batch_size, trainer.rules))
     jax.block_until_ready(m)
     mark("train step run 2")
     eval_temp = None
@@ -180,8 +172,8 @@ def part_phases(config: str, overrides: list[str]):
         from vxl_jax.data.pipeline import TrainLoader
 
         el = TrainLoader(eval_records, spec, tcfg.batch_size, 1, shuffle=False, num_epochs=1)
-        eb = st.to_global(next(iter(el)), mesh, tcfg.batch_size)
-        W = st.num_windows(dcfg.frames_upbound, cfg.beacon.frames_per_window)
+        eb = st.to_global(next(iter(el)), mesh, tcfg.batch_size, trainer.rules)
+        W = cfg.beacon.windows_for_frames(dcfg.frames_upbound)
         idx = jax.numpy.full((W,), ratios.index(tcfg.eval_ratio), jax.numpy.int32)
         t = time.perf_counter()
         ec = trainer.eval_step.lower(state, eb, idx).compile()
@@ -193,7 +185,7 @@ def part_phases(config: str, overrides: list[str]):
         mark("eval step run")
     from vxl_jax.train.checkpointing import Checkpoints
 
-    ck = Checkpoints(os.path.join(tmp, "ckpt"), keep=2, every=1)
+    ck = Checkpoints(os.path.join(tmp, "ckpt"), keep=2)
     ck.save(2, state, loader.get_state(), force=True)
     ck.close()
     mark("orbax checkpoint save")

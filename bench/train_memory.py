@@ -149,8 +149,9 @@ def batch_struct(frames, batch, prefix, suffix, frame_shape, px_dtype, mesh=None
     return out
 
 
-def abstract_trainer(cfg, tcfg, ratios, mesh, remat):
-    """Trainer + abstract train state (ShapeDtypeStruct with shardings); nothing allocated."""
+def abstract_trainer(cfg, tcfg, ratios, mesh):
+    """Trainer + abstract train state (ShapeDtypeStruct with shardings); nothing allocated.
+    Runtime settings (remat, attention, dtypes, sharding rules) are ``cfg.runtime``'s."""
     import jax
     import jax.numpy as jnp
 
@@ -163,9 +164,9 @@ def abstract_trainer(cfg, tcfg, ratios, mesh, remat):
                                                                                          tcfg.freeze_vision))
     abstract = {"params": params, "frozen": frozen, "opt": jax.eval_shape(tx.init, params),
                 "step": jax.ShapeDtypeStruct((), jnp.int32), "key": jax.ShapeDtypeStruct((2,), jnp.uint32)}
-    shardings = st.state_shardings(abstract, tx, mesh)
+    shardings = st.state_shardings(abstract, tx, mesh, cfg.runtime.sharding)
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-    trainer = st.Trainer(graphdef, tx, optim.lr_schedule(tcfg), tuple(ratios), remat, mesh, shardings,
+    trainer = st.Trainer(graphdef, cfg, tx, optim.lr_schedule(tcfg), tuple(ratios), mesh, shardings,
                          keep_memory=tcfg.keep_memory).compile()
     n_params = sum(int(x.size) for x in jax.tree.leaves(abstract["params"])) + \
         sum(int(x.size) for x in jax.tree.leaves(abstract["frozen"]))
@@ -207,7 +208,6 @@ def run_cpu(a):
     from vxl_jax import sharding as sh
     from vxl_jax.config import VideoXLConfig, load_yaml_sections
     from vxl_jax.train.config import from_sections
-    from vxl_jax.train import step as st
 
     cfg_path = a.config or os.path.join(ROOT, "configs", "tiny.yaml")
     sections = load_yaml_sections(cfg_path, [])
@@ -221,7 +221,7 @@ def run_cpu(a):
     frames_list = [int(x) for x in (a.frames or "20,40,80,160").split(",")]
     frame_shape, px_dtype = pixel_format(cfg.vision.image_size, a.pixels)
     mesh = sh.make_mesh((1, 1, 1), jax.devices()[:1])
-    trainer, state, n_params = abstract_trainer(cfg, tcfg, ratios, mesh, remat)
+    trainer, state, n_params = abstract_trainer(cfg, tcfg, ratios, mesh)
     print(f"train step memory (compiled, nothing run): {os.path.relpath(cfg_path, ROOT)}, {n_params:,} params, "
           f"{jax.default_backend()}, batch {batch}, accum 1, ratios {list(ratios)}, remat {remat}, "
           f"prefix {prefix} + suffix {suffix} tokens, pixels {px_dtype} {list(frame_shape)}", flush=True)
@@ -236,12 +236,12 @@ def run_cpu(a):
             top_buffers(a.dump_dir, a.top_buffers)
         ev = None
         if a.eval:
-            W = st.num_windows(F, cfg.beacon.frames_per_window)
+            W = cfg.beacon.windows_for_frames(F)
             ec = trainer.eval_step.lower(state, b, jax.ShapeDtypeStruct((W,), jnp.int32)).compile()
             ev = mem_row(ec.memory_analysis())
             del ec
         rows.append((F, m))
-        print(f"{F:>6} {st.num_windows(F, cfg.beacon.frames_per_window):>7} {m['args'] / MiB:>9.1f} "
+        print(f"{F:>6} {cfg.beacon.windows_for_frames(F):>7} {m['args'] / MiB:>9.1f} "
               f"{m['out'] / MiB:>8.1f} {m['temp'] / MiB:>9.1f} {m['temp'] / GiB:>8.2f} {m['temp'] / MiB / F:>14.1f} "
               f"{dt:>9.1f}" + (f" {ev['temp'] / MiB:>13.1f}" if ev else ""), flush=True)
         if a.json:
@@ -284,7 +284,7 @@ def run_tpu(a):
     batch = a.batch or n  # 1 per chip
     prefix, suffix = a.prefix or 32, a.suffix or 64
     frame_shape, px_dtype = pixel_format(cfg.vision.image_size, a.pixels)
-    trainer, state, n_params = abstract_trainer(cfg, tcfg, ratios, mesh, remat)
+    trainer, state, n_params = abstract_trainer(cfg, tcfg, ratios, mesh)
     print(f"7B train step compiled ahead of time for {a.topology} ({n} x {devices[0].device_kind}), mesh "
           f"{dict(mesh.shape)}: {n_params / 1e9:.2f} B params ({cfg.runtime.param_dtype}), all trainable, remat "
           f"{remat}, ratios {list(ratios)}, global batch {batch} ({batch / n:g} per chip), prefix {prefix} + "

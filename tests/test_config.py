@@ -9,6 +9,7 @@ from vxl_jax.config import (
     BeaconConfig, ConfigError, LMConfig, MeshConfig, ProjectorConfig, RuntimeConfig, VideoXLConfig, VisionConfig,
     apply_overrides, from_hf_config, load_yaml_sections, to_hf_config, vision_to_hf,
 )
+from vxl_jax.train.config import from_sections
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -188,3 +189,23 @@ def test_transformers5_rope_parameters(golden_dir):
     d["rope_parameters"] = {"rope_type": "yarn", "rope_theta": theta, "factor": 4.0}
     with pytest.raises(ConfigError, match="rope_parameters"):
         from_hf_config(d, vision)
+
+
+def test_infer_section_is_refused_with_a_reason(tmp_path):
+    """The ``infer`` section was accepted and read by nothing; now it is an error that says where settings go."""
+    p = tmp_path / "p.yaml"
+    p.write_text("model: {}\ninfer: {ratio: 8}\n")
+    with pytest.raises(ConfigError, match="infer.*command line"):
+        load_yaml_sections(p)
+
+
+def test_training_sections_use_the_one_strict_builder():
+    t, d, c = from_sections({"train": {"steps": 3, "ratios": [2, 8]}, "data": {"video_fps": 2},
+                             "checkpoint": {"init_from": None}})
+    assert (t.steps, t.ratios, d.video_fps, c.init_from) == (3, (2, 8), 2.0, None)
+    with pytest.raises(ConfigError, match="train.steps: expected an integer"):
+        from_sections({"train": {"steps": "many"}})
+    with pytest.raises(ConfigError, match="unknown field.*data.*frame_upbound"):
+        from_sections({"data": {"frame_upbound": 3}})
+    with pytest.raises(ConfigError, match="train.trainable"):
+        from_sections({"train": {"trainable": "everything"}})

@@ -50,7 +50,7 @@ def run_steps(cfg, tcfg, batch, mesh_shape, n_steps=2):
     tx = optim.make_optimizer(tcfg)
     graphdef, state, shd = st.init_state(random_model(cfg, seed=1, std=0.05), tx, optim.trainable_filter("all"),
                                          mesh, seed=3)
-    trainer = st.Trainer(graphdef, tx, optim.lr_schedule(tcfg), (2, 4, 8), "none", mesh, shd).compile()
+    trainer = st.Trainer(graphdef, cfg, tx, optim.lr_schedule(tcfg), (2, 4, 8), mesh, shd).compile()
     gb = st.to_global(batch, mesh, B)
     metrics = []
     for _ in range(n_steps):
@@ -80,3 +80,18 @@ def test_sharded_step_matches_single_device(setup, reference, mesh_shape):
     flat_r, flat_p = jax.tree.leaves(ref_p), jax.tree.leaves(p)
     for r, q in zip(flat_r, flat_p):
         np.testing.assert_allclose(q, r, atol=1e-6, rtol=1e-5)
+
+
+def test_build_trainer_uses_the_runtime_sharding_rules(setup):
+    """The rules preset is chosen once (``model.runtime.sharding``) and used for state, batch and activations."""
+    cfg, tcfg, _ = setup
+    mesh = sh.make_mesh((1, 4, 2), jax.devices()[:8])
+    for rules in ("fsdp", "inference"):
+        model = random_model(cfg.with_runtime(sharding=rules), seed=1, std=0.05)
+        trainer, state = st.build_trainer(model, tcfg, mesh, (2, 4, 8))
+        assert trainer.rules == rules and trainer.cfg.runtime.sharding == rules
+        want = jax.tree.leaves(sh.param_specs(state["params"], mesh, rules))
+        got = [x.sharding.spec for x in jax.tree.leaves(state["params"])]
+        assert got == want
+    # the two presets really place the weights differently on this mesh
+    assert jax.tree.leaves(sh.param_specs(state["params"], mesh, "fsdp")) != want

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import pathlib
 
+from vxl_jax.api import VideoXL
+from vxl_jax.config import VideoXLConfig
+from vxl_jax.model import random_model
+from vxl_jax.tokenizer import build_tiny_tokenizer
+
 TINY_MODEL = {  # same as configs/tiny.yaml `model:` (used when the package is installed without configs/)
     "vision": {"image_size": 336, "patch_size": 14, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
                "num_heads": 4, "select_layer": -2},
@@ -28,8 +33,6 @@ def tiny_config_path() -> pathlib.Path | None:
 
 def tiny_config(dtype: str = "float32"):
     """VideoXLConfig of the embedded model (configs/tiny.yaml, else the built-in copy)."""
-    from vxl_jax.config import VideoXLConfig
-
     path = tiny_config_path()
     cfg = VideoXLConfig.from_yaml(path) if path else VideoXLConfig.from_dict(TINY_MODEL)
     if dtype != "float32":
@@ -41,9 +44,5 @@ def default_model(dtype: str = "float32", seed: int = 0, mesh=None):
     """-> ``vxl_jax.api.VideoXL``: tiny random model (``random_model(cfg, seed)``), tiny tokenizer, and
     generation defaults (eos [2, 1], 32 new tokens, greedy). ``mesh``: as for ``VideoXL`` (e.g.
     ``{"tensor": 2}``)."""
-    from vxl_jax.api import VideoXL
-    from vxl_jax.model import random_model
-    from vxl_jax.tokenizer import build_tiny_tokenizer
-
     cfg = tiny_config(dtype)
     return VideoXL(cfg, random_model(cfg, seed=seed), build_tiny_tokenizer(), dict(GENERATION_DEFAULTS), mesh=mesh)

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-IMAGE_PLACEHOLDER = "<image>"
-DEFAULT_SYSTEM = "You are a helpful assistant."
+from vxl_jax.constants import DEFAULT_SYSTEM, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 
 
 def _image_token_index() -> int:
-    from vxl_jax.api import IMAGE_TOKEN_INDEX
-
     return IMAGE_TOKEN_INDEX
 
 

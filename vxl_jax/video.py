@@ -16,6 +16,8 @@ import warnings
 
 import numpy as np
 
+from vxl_jax.preprocess import resize_crop_frames
+
 
 class VideoError(ValueError):
     """A video that cannot be used: missing, unreadable, no video stream, or no frames."""
@@ -117,8 +119,6 @@ def load_video(path, num_frames: int, size: int | None = None, batch: int = 32) 
         frames = _decode(vr, idx, path)
         height, width = frames.shape[1:3]
     else:
-        from vxl_jax.preprocess import resize_crop_frames
-
         frames = np.empty((len(idx), size, size, 3), np.uint8)
         for start in range(0, len(idx), batch):
             part = _decode(vr, idx[start:start + batch], path)

@@ -13,10 +13,9 @@ import jax.numpy as jnp
 
 from vxl_jax.beacon.lean import compress_windows_lean
 from vxl_jax.beacon.windows import compress_windows, window_token_counts
+from vxl_jax.constants import IGNORE_INDEX
 from vxl_jax.memory import KVMemory, append
 from vxl_jax.sharding import constrain, constrain_memory
-
-IGNORE_INDEX = -100
 
 
 def token_cross_entropy(logits, labels):
@@ -24,12 +23,37 @@ def token_cross_entropy(logits, labels):
     scored = labels != IGNORE_INDEX
     safe = jnp.where(scored, labels, 0)
     logz = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
+    # the label's logit as a masked sum (exact: one term, the rest zeros): a reduction over V, so logits
+    # split over the vocabulary are never gathered
+    hit = jnp.arange(logits.shape[-1], dtype=jnp.int32) == safe[..., None]
+    picked = jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
     return jnp.sum(jnp.where(scored, logz - picked, 0.0)), jnp.sum(scored).astype(jnp.int32)
 
 
-def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], remat: str = "none",
-                  keep_memory: bool = True, window_backward: str = "lean"):
+def embed_tokens(lm, ids, dtype):
+    """ids [B, T] -> [B, T, D], without gathering the [V, D] table: under a mesh every chip looks all the
+    (few) ids up in its own shard of the table (split over D in the fsdp presets) and only the rows move."""
+    ids = constrain(ids, (None, None))
+    return constrain(lm.embed_tokens(ids, dtype), (None, None, "embed"))
+
+
+def vocab_parallel_loss(lm, hidden, labels):
+    """Summed token CE of ``lm.logits(hidden)`` [B, T, D] against labels [B, T] (-100 ignored) -> (loss_sum,
+    n_scored), like :func:`token_cross_entropy` of those logits.
+
+    Under a mesh the lm_head [D, V] is resharded over the vocabulary (rule ``loss_vocab``: an all-to-all of
+    its shard, not a gather of the whole matrix), the few hidden rows are gathered instead, and the fp32
+    logits and their gradient stay split over V: no chip holds the whole lm_head, its gradient (computed
+    in place, in its own shard) or whole rows of logits. Off a mesh the constraints are no-ops.
+    """
+    hidden = constrain(hidden, (None, None, None))
+    w = constrain(lm.lm_head[...], (None, "loss_vocab"))
+    logits = jnp.einsum("...d,dv->...v", hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    return token_cross_entropy(constrain(logits, (None, None, "loss_vocab")), labels)
+
+
+def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], keep_memory: bool = True,
+                  window_backward: str = "lean"):
     """Summed token CE over prefix and suffix of a batch, and the number of scored tokens.
 
     batch: prefix_ids/prefix_labels [B, P], prefix_len [B]; pixels uint8 [B, F, S, S, 3] (normalized on
@@ -38,7 +62,8 @@ def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], rem
     window)) picks each window's ratio from ``ratios``. ``keep_memory=False`` cuts the beacon memory
     off (ablation). ``window_backward``: "lean" (one copy of the memory in the backward,
     :mod:`vxl_jax.beacon.lean`), "checkpoint" (scan of checkpointed windows: each keeps its memory
-    carry) or "plain" (no checkpoint); all three give the same gradients.
+    carry) or "plain" (no checkpoint); all three give the same gradients. Attention backend and remat
+    policy come from ``model.cfg.runtime`` (the one place runtime settings live).
     Returns (loss_sum fp32 scalar, n_tokens int32 scalar).
     """
     cfg = model.cfg
@@ -50,7 +75,7 @@ def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], rem
     S = suffix_ids.shape[1]
     F = pixels.shape[1]
     fpw = b.frames_per_window
-    W = -(-F // fpw)
+    W = b.windows_for_frames(F)
     if ratio_idx.shape != (W,):
         raise ValueError(f"ratio_idx must have shape ({W},) for {F} frames, got {ratio_idx.shape}")
     capacity = P + W * (b.window // min(ratios))
@@ -60,11 +85,11 @@ def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], rem
 
     # Prefix: plain causal text, kept in full as the sink.
     t = jnp.arange(P, dtype=jnp.int32)[None]
-    hidden, k, v = lm(lm.embed_tokens(prefix_ids, dtype), positions=jnp.broadcast_to(t, (B, P)),
+    hidden, k, v = lm(embed_tokens(lm, prefix_ids, dtype), positions=jnp.broadcast_to(t, (B, P)),
                       valid=t < batch["prefix_len"][:, None], mem_k=mem.k, mem_v=mem.v, mem_len=mem.length,
-                      attention=rt.attention, remat=rt.remat if remat is None else remat, sliced_memory=True)
-    loss, count = token_cross_entropy(lm.logits(hidden), jnp.where(t < batch["prefix_len"][:, None],
-                                                                   batch["prefix_labels"], IGNORE_INDEX))
+                      attention=rt.attention, remat=rt.remat, sliced_memory=True)
+    loss, count = vocab_parallel_loss(lm, hidden, jnp.where(t < batch["prefix_len"][:, None],
+                                                            batch["prefix_labels"], IGNORE_INDEX))
     mem = append(mem, k, v, batch["prefix_len"], theta=cfg.lm.rope_theta, kind="prefix")
 
     # Video: one scan over windows; CLIP + projector + pool run inside each window step.
@@ -74,7 +99,7 @@ def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], rem
         windows = px.reshape(B, W, fpw, *pixels.shape[2:]).swapaxes(0, 1)  # [W, B, fpw, *frame]
         windows = constrain(windows, (None, "batch") + (None,) * (windows.ndim - 2))
         n_valid = window_token_counts(batch["num_frames"] * b.tokens_per_frame, W, b.window)
-        kw = dict(ratios=ratios, from_pixels=True, attention=rt.attention, remat=remat, keep=keep_memory)
+        kw = dict(ratios=ratios, from_pixels=True, attention=rt.attention, remat=rt.remat, keep=keep_memory)
         if window_backward == "lean":
             mem = compress_windows_lean(model, mem, windows, n_valid, ratio_idx, **kw)
         elif window_backward in ("checkpoint", "plain"):
@@ -85,9 +110,9 @@ def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], rem
 
     # Suffix: reads [prefix || beacons]; scored.
     t = jnp.arange(S, dtype=jnp.int32)[None]
-    hidden, _, _ = lm(lm.embed_tokens(suffix_ids, dtype), positions=mem.length[:, None] + t,
+    hidden, _, _ = lm(embed_tokens(lm, suffix_ids, dtype), positions=mem.length[:, None] + t,
                       valid=t < batch["suffix_len"][:, None], mem_k=mem.k, mem_v=mem.v, mem_len=mem.length,
-                      attention=rt.attention, remat=remat, sliced_memory=True)
-    s_loss, s_count = token_cross_entropy(lm.logits(hidden), jnp.where(t < batch["suffix_len"][:, None],
-                                                                       batch["suffix_labels"], IGNORE_INDEX))
+                      attention=rt.attention, remat=rt.remat, sliced_memory=True)
+    s_loss, s_count = vocab_parallel_loss(lm, hidden, jnp.where(t < batch["suffix_len"][:, None],
+                                                                batch["suffix_labels"], IGNORE_INDEX))
     return loss + s_loss, count + s_count

@@ -26,6 +26,7 @@ from vxl_jax.config import CLIP_VIT_L14_336, ConfigError, VideoXLConfig, from_hf
 from vxl_jax.convert import names as N
 from vxl_jax.convert import zarr_out
 from vxl_jax.convert.errors import ConversionError
+from vxl_jax.convert.folder import CONFIG_NAME, PARAMS_DIR, check_converted_folder, read_params
 from vxl_jax.convert.readers import FLOAT_DTYPES, Checkpoint
 from vxl_jax.convert.writers import SafetensorsWriter
 
@@ -36,7 +37,7 @@ EXTRA_FILES = TOKENIZER_FILES + ("generation_config.json",)
 OUT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
               "float16": np.dtype(np.float16)}
 BLOCK_BYTES = 64 << 20  # unstacked tensors larger than this (embeddings, lm_head) go in row blocks
-CONFIG_NAME, PARAMS_DIR, SUMMARY_NAME = "vxl_config.json", "params", "conversion.json"
+SUMMARY_NAME = "conversion.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,8 +363,6 @@ def plan_shards(specs: list[tuple], max_shard_bytes: int) -> list[list[tuple]]:
 def export_torch(src: str, dst: str, dtype: str | None = None, max_shard_bytes: int = 5 << 30,
                  progress: bool = True) -> dict:
     """Write our converted folder ``src`` as a released-layout PyTorch folder ``dst`` (safetensors)."""
-    from vxl_jax.checkpoint import check_converted_folder, read_params
-
     t0 = time.perf_counter()
     cfg = check_converted_folder(src)
     dtype = dtype or cfg.runtime.param_dtype

@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
+from flax import nnx
+
+from vxl_jax.model.videoxl import abstract_model
 
 VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
 # Optional prefixes of the vision tower, longest first; whatever follows must be a CLIP root name.
@@ -170,11 +174,6 @@ BEACON_PATHS = {("lm", "beacon_embed")} | {("lm", "layers", "attn", f"beacon_{x}
 
 def param_shapes(cfg) -> dict[tuple[str, ...], tuple[tuple[int, ...], object]]:
     """Our parameter tree for ``cfg``: path -> (full shape, dtype), from ``abstract_model``."""
-    import jax
-    from flax import nnx
-
-    from vxl_jax.model.videoxl import abstract_model
-
     _, state = nnx.split(abstract_model(cfg))
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]:

@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from vxl_jax.convert.names import nest
+
 
 def leaf_dir(root: str, path: tuple[str, ...]) -> str:
     return os.path.join(root, ".".join(path))
@@ -26,8 +28,6 @@ def create(root: str, leaves: dict[tuple[str, ...], tuple[tuple[int, ...], np.dt
     """
     import orbax.checkpoint as ocp
     import tensorstore as ts
-
-    from vxl_jax.convert.names import nest
 
     skeleton = nest({p: np.zeros((1,) * len(s), dt) for p, (s, dt, _) in leaves.items()})
     absl_log = logging.getLogger("absl")

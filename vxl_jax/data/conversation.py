@@ -28,9 +28,7 @@ import dataclasses
 
 import numpy as np
 
-IGNORE_INDEX = -100
-IMAGE_PLACEHOLDER = "<image>"
-DEFAULT_SYSTEM = "You are a helpful assistant."
+from vxl_jax.constants import DEFAULT_SYSTEM, IGNORE_INDEX, IMAGE_PLACEHOLDER
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 

@@ -18,9 +18,8 @@ log = logging.getLogger(__name__)
 class Checkpoints:
     """Thin wrapper over ``ocp.CheckpointManager`` (async saves, keep-N)."""
 
-    def __init__(self, directory: str, keep: int = 3, every: int = 0):
+    def __init__(self, directory: str, keep: int = 3):
         self.directory = os.path.abspath(directory)
-        self.every = every
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
         self.mngr = ocp.CheckpointManager(self.directory, options=opts)
 

@@ -1,11 +1,12 @@
-"""``train:`` / ``data:`` / ``checkpoint:`` sections of a preset (strict: unknown keys raise ConfigError)."""
+"""The training sections of a preset (``train:`` / ``data:`` / ``checkpoint:``; strict: unknown keys raise
+ConfigError) and :func:`load_run_config`, the one builder of a training run's whole configuration."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Mapping
 
-from vxl_jax.config import ConfigError
+from vxl_jax.config import ConfigError, VideoXLConfig, build, load_yaml_sections
 
 TRAINABLE = ("all", "projector", "projector+lm", "lm")
 
@@ -90,33 +91,32 @@ class CheckpointConfig:
     init_from: str | None = None
 
 
-def _build(cls, d: Mapping[str, Any] | None, where: str):
-    d = dict(d or {})
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    kw = {}
-    for k, v in d.items():
-        default = names[k].default
-        if isinstance(default, tuple):
-            v = tuple(int(x) for x in (v or ()))
-        elif isinstance(default, bool):
-            if not isinstance(v, bool):
-                raise ConfigError(f"{where}.{k} must be true/false, got {v!r}")
-        elif isinstance(default, int) and not isinstance(default, bool):
-            if isinstance(v, bool) or int(v) != v:
-                raise ConfigError(f"{where}.{k} must be an integer, got {v!r}")
-            v = int(v)
-        elif isinstance(default, float):
-            v = float(v)
-        kw[k] = v
-    out = cls(**kw)
-    if hasattr(out, "validate"):
-        out.validate()
-    return out
-
-
 def from_sections(sections: Mapping[str, Any]) -> tuple[TrainConfig, DataConfig, CheckpointConfig]:
-    return (_build(TrainConfig, sections.get("train"), "train"), _build(DataConfig, sections.get("data"), "data"),
-            _build(CheckpointConfig, sections.get("checkpoint"), "checkpoint"))
+    """The ``train`` / ``data`` / ``checkpoint`` sections of a preset dict, each by the one strict builder."""
+    return (build(TrainConfig, sections.get("train"), "train"), build(DataConfig, sections.get("data"), "data"),
+            build(CheckpointConfig, sections.get("checkpoint"), "checkpoint"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A resolved training preset: the model config (its ``runtime`` included), the ``train`` / ``data`` /
+    ``checkpoint`` sections, and the ratios drawn per window (``train.ratios`` or ``model.beacon.ratios``)."""
+
+    model: VideoXLConfig
+    train: TrainConfig
+    data: DataConfig
+    checkpoint: CheckpointConfig
+    ratios: tuple[int, ...]
+
+
+def load_run_config(path, overrides: list[str] | None = None) -> RunConfig:
+    """The one builder of a training run's configuration: preset YAML + ``key=value`` overrides -> RunConfig."""
+    sections = load_yaml_sections(path, overrides)
+    cfg = VideoXLConfig.from_dict(sections["model"])
+    tcfg, dcfg, ccfg = from_sections(sections)
+    ratios = tuple(tcfg.ratios) or tuple(cfg.beacon.ratios)
+    for r in ratios:
+        cfg.beacon.check_ratio(r)
+    if tcfg.eval_ratio not in ratios:
+        raise ConfigError(f"train.eval_ratio {tcfg.eval_ratio} is not one of the training ratios {list(ratios)}")
+    return RunConfig(cfg, tcfg, dcfg, ccfg, ratios)

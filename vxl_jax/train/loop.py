@@ -17,7 +17,22 @@ import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from vxl_jax import sharding as sh
+from vxl_jax.convert.folder import CONFIG_NAME, load_converted, save_converted
+from vxl_jax.compile_cache import enable_compilation_cache
+from vxl_jax.config import VideoXLConfig
+from vxl_jax.data.pipeline import SampleSpec, TrainLoader, load_tokenizer
+from vxl_jax.data.records import load_records
+from vxl_jax.data.synthetic import make_colour_dataset
+from vxl_jax.model import random_model
+from vxl_jax.train import step as st
+from vxl_jax.train.checkpointing import Checkpoints
+from vxl_jax.train.config import CheckpointConfig, RunConfig, TrainConfig, load_run_config
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +51,11 @@ class _Stop:
         self.requested = True
 
 
-def enable_compilation_cache(path: str | None = None) -> None:
-    """Persistent XLA compilation cache (a resumed or repeated run skips the compile)."""
-    path = path or os.environ.get("VXL_JAX_CACHE") or os.path.expanduser("~/.cache/vxl_jax/xla")
-    os.makedirs(path, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def setup_data(cfg, tcfg, dcfg, workdir: str, n_processes: int):
     """-> (train loader, eval records or None, spec)."""
-    from vxl_jax.data.pipeline import SampleSpec, TrainLoader
-    from vxl_jax.data.records import load_records
-
     video_folder, image_folder = dcfg.video_folder, dcfg.image_folder
     train_path, eval_path = dcfg.train, dcfg.eval
     if "synthetic" in (train_path, eval_path):
-        from vxl_jax.data.synthetic import make_colour_dataset
-
         root = dcfg.synthetic_dir or os.path.join(workdir, "synthetic_data")
         paths = make_colour_dataset(root, n_train=dcfg.synthetic_train, n_eval=dcfg.synthetic_eval,
                                     progress=tcfg.progress)
@@ -75,18 +77,14 @@ def setup_data(cfg, tcfg, dcfg, workdir: str, n_processes: int):
     return loader, eval_records, spec
 
 
-def build_model(cfg, tcfg, ccfg):
+def build_model(cfg: VideoXLConfig, tcfg: TrainConfig, ccfg: CheckpointConfig):
+    """The model to train: ``checkpoint.init_from`` (its architecture, the preset's runtime) or random weights."""
     if ccfg.init_from:
-        from vxl_jax.checkpoint import load_converted
-
-        loaded_cfg, model, _, _ = load_converted(ccfg.init_from, dtype=cfg.runtime.param_dtype)
-        if loaded_cfg.replace(runtime=cfg.runtime) != cfg:
+        loaded_cfg, model, _, _ = load_converted(ccfg.init_from, runtime=cfg.runtime)
+        if loaded_cfg != cfg:
             log.warning("checkpoint.init_from: using the architecture of %s, not the config's model section",
                         ccfg.init_from)
-        model.cfg = loaded_cfg.replace(runtime=cfg.runtime)
         return model
-    from vxl_jax.model import random_model
-
     return random_model(cfg, seed=tcfg.seed, std=tcfg.init_std)
 
 
@@ -95,37 +93,21 @@ def _write(f, rec: dict):
     f.flush()
 
 
-def run_eval(trainer, state, eval_records, spec, tcfg, mesh, n_processes: int, ratio_idx_value: int, num_frames: int):
-    from vxl_jax.data.pipeline import TrainLoader
-    from vxl_jax.train.step import num_windows, to_global
-
-    import jax.numpy as jnp
-
+def run_eval(trainer, state, eval_records, spec, tcfg, n_processes: int, ratio_idx_value: int, num_frames: int):
+    """Mean token loss over ``tcfg.eval_batches`` batches of the eval records, every window at one ratio."""
     loader = TrainLoader(eval_records, spec, tcfg.batch_size // n_processes, 1, shuffle=False, num_epochs=1)
-    W = num_windows(num_frames, state_cfg(trainer, state).beacon.frames_per_window)
-    idx = jnp.full((W,), ratio_idx_value, jnp.int32)
+    idx = jnp.full((trainer.cfg.beacon.windows_for_frames(num_frames),), ratio_idx_value, jnp.int32)
     total, count = 0.0, 0
     for i, batch in enumerate(loader):
         if tcfg.eval_batches and i >= tcfg.eval_batches:
             break
-        ls, n = trainer.eval_step(state, to_global(batch, mesh, tcfg.batch_size), idx)
+        ls, n = trainer.eval_step(state, st.to_global(batch, trainer.mesh, tcfg.batch_size, trainer.rules), idx)
         total, count = total + float(ls), count + int(n)
     return total / max(count, 1), count
 
 
-def state_cfg(trainer, state):
-    from flax import nnx
-
-    return nnx.merge(trainer.graphdef, state["params"], state["frozen"]).cfg
-
-
 def export_model(path: str, trainer, state, tokenizer_name: str):
-    """Write the current params as a converted folder (``vxl_jax.checkpoint.save_converted``)."""
-    from flax import nnx
-
-    from vxl_jax.checkpoint import CONFIG_NAME, save_converted
-    from vxl_jax.data.pipeline import load_tokenizer
-
+    """Write the current params as a converted folder (:func:`vxl_jax.convert.folder.save_converted`)."""
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_NAME)):
         shutil.rmtree(path)  # our own previous export
     model = nnx.merge(trainer.graphdef, state["params"], state["frozen"])
@@ -148,102 +130,69 @@ def last_logged(metrics_path: str, step: int) -> dict:
     return last
 
 
-def run(config_path: str, overrides: list[str] | None = None, export: str | None = None,
-        re_export: bool = False) -> dict:
-    """Train per the preset; returns a summary (final step, last loss, eval loss, paths, timings).
+def _finished_summary(rc: RunConfig, ckpt, done: int, workdir: str, metrics_path: str, export: str | None) -> dict:
+    return {"workdir": workdir, "start_step": done, "final_step": done, "already_finished": True,
+            "steps": rc.train.steps, "last": last_logged(metrics_path, done), "train_time_s": 0.0,
+            "checkpoints": ckpt.directory, "metrics": metrics_path, "stopped": False,
+            "export": export if export and os.path.isdir(export) else None}
 
-    A run whose checkpoint already reached ``train.steps`` trains nothing and leaves its export alone:
-    the summary says ``already_finished``. ``re_export`` writes the export again from that checkpoint."""
-    from tqdm.auto import tqdm
 
-    from vxl_jax import sharding as sh
-    from vxl_jax.config import ConfigError, VideoXLConfig, load_yaml_sections
-    from vxl_jax.train import optim
-    from vxl_jax.train import step as st
-    from vxl_jax.train.checkpointing import Checkpoints
-    from vxl_jax.train.config import from_sections
+def _restore(ckpt, state, loader) -> tuple[dict, int]:
+    """Latest checkpoint -> (state, its step); the loader continues from its saved position."""
+    state, data_state, start = ckpt.restore(st.abstract_state(state))
+    if data_state is not None:
+        loader.set_state(data_state)
+    else:
+        log.warning("checkpoint step %d has no data-iterator state: the data order restarts", start)
+    log.info("resumed from step %d (%s)", start, ckpt.directory)
+    return state, start
 
-    sections = load_yaml_sections(config_path, overrides)
-    cfg = VideoXLConfig.from_dict(sections["model"])
-    tcfg, dcfg, ccfg = from_sections(sections)
-    ratios = tuple(tcfg.ratios) or tuple(cfg.beacon.ratios)
-    for r in ratios:
-        cfg.beacon.check_ratio(r)
-    if tcfg.eval_ratio not in ratios:
-        raise ConfigError(f"train.eval_ratio {tcfg.eval_ratio} is not one of the training ratios {list(ratios)}")
 
-    sh.maybe_initialize_distributed()
-    enable_compilation_cache()
-    workdir = os.path.abspath(tcfg.workdir)
-    os.makedirs(workdir, exist_ok=True)
-    n_proc, is_main = jax.process_count(), jax.process_index() == 0
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    export = export or (os.path.join(workdir, "export") if ccfg.export else None)
-    ckpt = Checkpoints(ccfg.dir or os.path.join(workdir, "checkpoints"), keep=ccfg.keep, every=ccfg.every)
-    done = ckpt.latest_step() if ccfg.resume else None
-    if done is not None and done >= tcfg.steps and not (re_export and export):
-        ckpt.close()  # nothing to train: no model, data or compile
-        return {"workdir": workdir, "start_step": done, "final_step": done, "already_finished": True,
-                "steps": tcfg.steps, "last": last_logged(metrics_path, done), "train_time_s": 0.0,
-                "checkpoints": ckpt.directory, "metrics": metrics_path, "stopped": False,
-                "export": export if export and os.path.isdir(export) else None}
-    mesh = sh.make_mesh(cfg.runtime.mesh)
-
-    loader, eval_records, spec = setup_data(cfg, tcfg, dcfg, workdir, n_proc)
-    model = build_model(cfg, tcfg, ccfg)
-    cfg = model.cfg
-    tx = optim.make_optimizer(tcfg)
-    graphdef, state, shardings = st.init_state(model, tx, optim.trainable_filter(tcfg.trainable, tcfg.freeze_vision),
-                                               mesh, tcfg.seed)
-    del model
-    start = 0
-    if done is not None:
-        state, data_state, start = ckpt.restore(st.abstract_state(state))
-        if data_state is not None:
-            loader.set_state(data_state)
-        else:
-            log.warning("checkpoint step %d has no data-iterator state: the data order restarts", start)
-        log.info("resumed from step %d (%s)", start, ckpt.directory)
-    trainer = st.Trainer(graphdef, tx, optim.lr_schedule(tcfg), ratios, cfg.runtime.remat, mesh, shardings,
-                         keep_memory=tcfg.keep_memory)
-    if start < tcfg.steps:  # (a finished run restored only for --re-export needs no steps)
-        trainer = trainer.compile()
+def _header(rc: RunConfig, trainer, state, start: int) -> str:
+    tcfg = rc.train
     n_train = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
     n_all = n_train + sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["frozen"]))
-    header = (f"{sh.describe(mesh)}; params {n_all:,} ({n_train:,} trainable: {tcfg.trainable}"
-              f"{', vision frozen' if tcfg.freeze_vision else ''}); ratios {list(ratios)}; "
-              f"batch {tcfg.batch_size} x accum {tcfg.accum}; steps {start}->{tcfg.steps}")
-    print(header, flush=True)
+    return (f"{sh.describe(trainer.mesh)}; params {n_all:,} ({n_train:,} trainable: {tcfg.trainable}"
+            f"{', vision frozen' if tcfg.freeze_vision else ''}); ratios {list(rc.ratios)}; "
+            f"batch {tcfg.batch_size} x accum {tcfg.accum}; steps {start}->{tcfg.steps}")
 
-    stop = _Stop()
-    summary = {"workdir": workdir, "start_step": start, "metrics": metrics_path}
-    eval_idx = ratios.index(tcfg.eval_ratio)
-    last = {}
-    t_run = time.time()
+
+def _one_step(trainer, state, loader, tcfg: TrainConfig, step: int) -> tuple[dict, dict]:
+    """Train step ``step + 1`` -> (state, its metrics line)."""
+    t0 = time.time()
+    batch = loader.__next__()
+    t_data = time.time() - t0
+    state, m = trainer.train_step(state, st.to_global(batch, trainer.mesh, tcfg.batch_size, trainer.rules))
+    m = {k: v.item() for k, v in jax.device_get(m).items()}
+    dt = time.time() - t0
+    return state, {"step": step + 1, "loss": m["loss"], "lr": m["lr"], "grad_norm": m["grad_norm"],
+                   "n_tokens": m["n_tokens"], "tokens_per_s": m["input_tokens"] / dt, "step_time_s": dt,
+                   "data_time_s": t_data, "skipped": loader.skipped, "truncated": loader.truncated}
+
+
+def _train_steps(rc: RunConfig, trainer, state, loader, eval_data, ckpt, start: int, metrics_path: str,
+                 is_main: bool, summary: dict):
+    """Steps ``start .. train.steps`` with metrics, evals and checkpoints; stops early on SIGTERM.
+    -> (state, final step, last metrics line, stopped). Eval losses go into ``summary``."""
+    tcfg, ccfg = rc.train, rc.checkpoint
+    eval_records, spec, n_proc = eval_data
+    eval_idx = rc.ratios.index(tcfg.eval_ratio)
+    stop, last, step = _Stop(), {}, start
     with open(metrics_path, "a") as mf, tqdm(total=tcfg.steps, initial=start, desc="train", unit="step",
                                             disable=not (tcfg.progress and is_main), dynamic_ncols=True) as bar:
-        step = start
         while step < tcfg.steps:
-            t0 = time.time()
-            batch = loader.__next__()
-            t_data = time.time() - t0
-            state, m = trainer.train_step(state, st.to_global(batch, mesh, tcfg.batch_size))
-            m = {k: v.item() for k, v in jax.device_get(m).items()}
-            dt = time.time() - t0
+            state, last = _one_step(trainer, state, loader, tcfg, step)
             step += 1
-            last = {"step": step, "loss": m["loss"], "lr": m["lr"], "grad_norm": m["grad_norm"],
-                    "n_tokens": m["n_tokens"], "tokens_per_s": m["input_tokens"] / dt, "step_time_s": dt,
-                    "data_time_s": t_data, "skipped": loader.skipped, "truncated": loader.truncated}
             if is_main:
                 _write(mf, last)
             bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.4f}", skipped=loader.skipped)
+            bar.set_postfix(loss=f"{last['loss']:.4f}", skipped=loader.skipped)
             if is_main and tcfg.log_every and step % tcfg.log_every == 0:
-                bar.write(f"step {step:5d}  loss {m['loss']:.4f}  lr {m['lr']:.2e}  gnorm {m['grad_norm']:.3f}  "
-                          f"tok/s {last['tokens_per_s']:.0f}  {dt:.2f}s  skipped {loader.skipped}")
+                bar.write(f"step {step:5d}  loss {last['loss']:.4f}  lr {last['lr']:.2e}  "
+                          f"gnorm {last['grad_norm']:.3f}  tok/s {last['tokens_per_s']:.0f}  "
+                          f"{last['step_time_s']:.2f}s  skipped {loader.skipped}")
             if eval_records and tcfg.eval_every and (step % tcfg.eval_every == 0 or step == tcfg.steps):
-                el, en = run_eval(trainer, state, eval_records, spec, tcfg, mesh, n_proc, eval_idx,
-                                  dcfg.frames_upbound)
+                el, en = run_eval(trainer, state, eval_records, spec, tcfg, n_proc, eval_idx, rc.data.frames_upbound)
                 summary["eval_loss"] = el
                 if is_main:
                     _write(mf, {"step": step, "eval_loss": el, "eval_tokens": en})
@@ -253,11 +202,48 @@ def run(config_path: str, overrides: list[str] | None = None, export: str | None
             if stop.requested:
                 bar.write(f"SIGTERM: checkpoint at step {step} written, stopping")
                 break
+    return state, step, last, stop.requested
+
+
+def run(config_path: str, overrides: list[str] | None = None, export: str | None = None,
+        re_export: bool = False) -> dict:
+    """Train per the preset; returns a summary (final step, last loss, eval loss, paths, timings).
+
+    A run whose checkpoint already reached ``train.steps`` trains nothing and leaves its export alone:
+    the summary says ``already_finished``. ``re_export`` writes the export again from that checkpoint."""
+    rc = load_run_config(config_path, overrides)
+    tcfg, dcfg, ccfg = rc.train, rc.data, rc.checkpoint
+    sh.maybe_initialize_distributed()
+    enable_compilation_cache(min_compile_time_s=1.0)
+    workdir = os.path.abspath(tcfg.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    n_proc, is_main = jax.process_count(), jax.process_index() == 0
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    export = export or (os.path.join(workdir, "export") if ccfg.export else None)
+    ckpt = Checkpoints(ccfg.dir or os.path.join(workdir, "checkpoints"), keep=ccfg.keep)
+    done = ckpt.latest_step() if ccfg.resume else None
+    if done is not None and done >= tcfg.steps and not (re_export and export):
+        ckpt.close()  # nothing to train: no model, data or compile
+        return _finished_summary(rc, ckpt, done, workdir, metrics_path, export)
+
+    loader, eval_records, spec = setup_data(rc.model, tcfg, dcfg, workdir, n_proc)
+    trainer, state = st.build_trainer(build_model(rc.model, tcfg, ccfg), tcfg, sh.make_mesh(rc.model.runtime.mesh),
+                                      rc.ratios)
+    start = 0
+    if done is not None:
+        state, start = _restore(ckpt, state, loader)
+    if start < tcfg.steps:  # (a finished run restored only for --re-export needs no steps)
+        trainer = trainer.compile()
+    print(_header(rc, trainer, state, start), flush=True)
+
+    summary = {"workdir": workdir, "start_step": start, "metrics": metrics_path}
+    t_run = time.time()
+    state, step, last, stopped = _train_steps(rc, trainer, state, loader, (eval_records, spec, n_proc), ckpt, start,
+                                              metrics_path, is_main, summary)
     ckpt.close()
     summary.update(final_step=step, last=last or last_logged(metrics_path, step),
-                   train_time_s=time.time() - t_run, checkpoints=ckpt.directory,
-                   stopped=stop.requested)
-    if export and not stop.requested and is_main:
+                   train_time_s=time.time() - t_run, checkpoints=ckpt.directory, stopped=stopped)
+    if export and not stopped and is_main:
         summary["export"] = export_model(export, trainer, state, dcfg.tokenizer)
         print(f"exported the trained model to {export} (python infer.py --model {export} ...)", flush=True)
     return summary

@@ -8,8 +8,9 @@ Train state (a pytree, checkpointed as is)::
 One train step takes a batch ``{field: [accum, B, ...]}``, scans the ``accum`` micro-batches
 summing ``windowed_loss`` sums and gradients, divides by the total number of scored tokens
 (token-level mean over the whole accumulated batch, docs/algorithm.md §8), clips and applies AdamW. Each
-window's compression ratio is drawn inside the step: ``ratio_idx = randint(fold_in(fold_in(key,
-step), micro), [W], 0, len(ratios))``, so a resumed run draws exactly the same ratios.
+window's compression ratio is drawn inside the step (:func:`vxl_jax.beacon.ratios.draw_ratio_idx`:
+``randint(fold_in(fold_in(key, step), micro), [W], 0, len(ratios))``), so a resumed run draws exactly
+the same ratios.
 Parameters are sharded by the logical-axis rules (:mod:`vxl_jax.sharding`), optimizer moments
 like their parameters, the batch over ``(data, fsdp)`` on its batch dim.
 """
@@ -26,42 +27,45 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vxl_jax import sharding as sh
+from vxl_jax.beacon.ratios import draw_ratio_idx
 from vxl_jax.beacon.train import windowed_loss
+from vxl_jax.config import VideoXLConfig
+from vxl_jax.train import optim
+from vxl_jax.train.config import TrainConfig
 
 
-def num_windows(frames: int, frames_per_window: int) -> int:
-    return -(-frames // frames_per_window)
-
-
-def draw_ratio_idx(key, step, micro, num_windows: int, num_ratios: int):
-    """[W] int32 uniform in [0, num_ratios): a pure function of (key, step, micro)."""
-    k = jax.random.fold_in(jax.random.fold_in(key, step), micro)
-    return jax.random.randint(k, (num_windows,), 0, num_ratios, dtype=jnp.int32)
-
-
-def input_tokens(mb) -> jax.Array:
-    """Tokens processed by the LM for a (micro-)batch: text + visual (144 per frame), int32."""
-    return (jnp.sum(mb["prefix_len"]) + jnp.sum(mb["suffix_len"]) + 144 * jnp.sum(mb["num_frames"])).astype(jnp.int32)
+def input_tokens(mb, tokens_per_frame: int) -> jax.Array:
+    """Tokens processed by the LM for a (micro-)batch: text + visual (``tokens_per_frame`` per frame), int32."""
+    return (jnp.sum(mb["prefix_len"]) + jnp.sum(mb["suffix_len"])
+            + tokens_per_frame * jnp.sum(mb["num_frames"])).astype(jnp.int32)
 
 
 @dataclasses.dataclass
 class Trainer:
-    """Holds the static pieces (graphdef, optimizer, shardings) and the jitted steps."""
+    """Holds the static pieces (graphdef, model config, optimizer, shardings) and the jitted steps.
+
+    ``cfg`` is the model's config (``graphdef``'s): its ``runtime`` (attention backend, remat, dtypes,
+    sharding rules) is the one source of runtime settings for the loss; ``rules`` defaults to
+    ``cfg.runtime.sharding`` and is used for the activation constraints inside the steps.
+    """
 
     graphdef: object
+    cfg: VideoXLConfig
     tx: optax.GradientTransformation
     schedule: object
     ratios: tuple[int, ...]
-    remat: str
     mesh: object
     state_shardings: dict
     keep_memory: bool = True
-    rules: str = "fsdp"
+    rules: str | None = None
+
+    def __post_init__(self):
+        if self.rules is None:
+            self.rules = self.cfg.runtime.sharding
 
     def loss_fn(self, params, frozen, mb, ratio_idx):
         model = nnx.merge(self.graphdef, params, frozen)
-        return windowed_loss(model, mb, ratio_idx, ratios=self.ratios, remat=self.remat,
-                             keep_memory=self.keep_memory)
+        return windowed_loss(model, mb, ratio_idx, ratios=self.ratios, keep_memory=self.keep_memory)
 
     def _train_step(self, state, batch):
         with sh.activation_sharding(self.mesh, self.rules):  # traced under the rules, backward included
@@ -69,8 +73,7 @@ class Trainer:
 
     def _train_step_body(self, state, batch):
         accum, _, F = batch["pixels"].shape[:3]
-        fpw = nnx.merge(self.graphdef, state["params"], state["frozen"]).cfg.beacon.frames_per_window
-        W = num_windows(F, fpw)
+        W = self.cfg.beacon.windows_for_frames(F)
         value_and_grad = jax.value_and_grad(self.loss_fn, has_aux=True)
 
         def grad_fn(mb, i):
@@ -97,7 +100,8 @@ class Trainer:
         updates, opt = self.tx.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {"loss": loss_sum / denom, "n_tokens": n, "grad_norm": optax.tree.norm(grads),
-                   "lr": self.schedule(state["step"]), "input_tokens": input_tokens(batch)}
+                   "lr": self.schedule(state["step"]),
+                   "input_tokens": input_tokens(batch, self.cfg.beacon.tokens_per_frame)}
         new = dict(state, params=params, opt=opt, step=state["step"] + 1)
         return new, metrics
 
@@ -115,6 +119,18 @@ class Trainer:
                                   donate_argnums=(0,))
         self.eval_step = jax.jit(self._eval_step, in_shardings=(sd, None, rep), out_shardings=(rep, rep))
         return self
+
+
+def build_trainer(model, tcfg: TrainConfig, mesh, ratios: tuple[int, ...]) -> tuple[Trainer, dict]:
+    """The one way to set training up: optimizer, sharded state and the :class:`Trainer`, with the sharding
+    rules of ``model.cfg.runtime.sharding`` used for state, batches and activations. -> (trainer, state)."""
+    rules = model.cfg.runtime.sharding
+    tx = optim.make_optimizer(tcfg)
+    graphdef, state, shardings = init_state(model, tx, optim.trainable_filter(tcfg.trainable, tcfg.freeze_vision),
+                                            mesh, tcfg.seed, rules)
+    trainer = Trainer(graphdef, model.cfg, tx, optim.lr_schedule(tcfg), tuple(ratios), mesh, shardings,
+                      keep_memory=tcfg.keep_memory, rules=rules)
+    return trainer, state
 
 
 def split_model(model, trainable_filter):

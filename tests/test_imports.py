@@ -1,0 +1,148 @@
+"""The package's import structure (an AST scan of vxl_jax/, nothing imported):
+
+- no import cycle between our modules (module-level imports; importing ``a.b.c`` also runs the
+  ``a.b`` package's ``__init__``, so that edge counts too, except from inside ``a.b`` itself; the root
+  ``vxl_jax/__init__.py`` is the public facade and is left out);
+- our own modules are imported at the top of a module, not inside functions, except the pairs in
+  :data:`LOCAL_IMPORTS_ALLOWED`, each with its reason.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "vxl_jax"
+
+# (importing module, imported module) -> why the import stays inside a function.
+LOCAL_IMPORTS_ALLOWED = {
+    # api.py, session.py and eval/ were being redesigned by other sessions when this test was written
+    # (api <-> session import each other: a cycle hidden inside functions). To be moved to the top, and
+    # the api <-> session cycle broken, when that work lands.
+    ("vxl_jax.api", "vxl_jax.checkpoint"): "pending: api.py redesign",
+    ("vxl_jax.api", "vxl_jax.session"): "pending: api <-> session cycle",
+    ("vxl_jax.api", "vxl_jax.memory_io"): "pending: api.py redesign",
+    ("vxl_jax.api", "vxl_jax.preprocess"): "pending: api.py redesign",
+    ("vxl_jax.session", "vxl_jax.api"): "pending: api <-> session cycle",
+    ("vxl_jax.session", "vxl_jax.preprocess"): "pending: session.py redesign",
+    ("vxl_jax.eval.choice", "vxl_jax.prompt"): "pending: eval/ work in progress",
+    ("vxl_jax.eval.niah", "vxl_jax.data.synthetic"): "pending: eval/ work in progress",
+    ("vxl_jax.eval.niah", "vxl_jax.eval.choice"): "pending: eval/ work in progress",
+    ("vxl_jax.eval.niah", "vxl_jax.video"): "pending: eval/ work in progress",
+    ("vxl_jax.eval.run", "vxl_jax.video"): "pending: eval/ work in progress",
+    ("vxl_jax.eval.run", "vxl_jax.preprocess"): "pending: eval/ work in progress",
+    ("vxl_jax.eval.__main__", "vxl_jax.eval.run"): "pending: eval/ work in progress",
+    ("vxl_jax.eval.__main__", "vxl_jax.eval.readers"): "pending: eval/ work in progress",
+    ("vxl_jax.eval.__main__", "vxl_jax.eval.heatmap"): "pending: eval/ work in progress",
+    ("vxl_jax.eval.__main__", "vxl_jax.eval.results"): "pending: eval/ work in progress",
+    ("vxl_jax.eval.__main__", "vxl_jax.demo"): "pending: eval/ work in progress",
+    ("vxl_jax.eval.__main__", "vxl_jax.api"): "pending: eval/ work in progress",
+}
+
+
+def _modules() -> dict[str, pathlib.Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(modules):
+    """-> (module-level edges {module: {imported}}, function-local pairs {(module, imported): line})."""
+
+    def resolve(name):
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    edges, local = {m: set() for m in modules}, {}
+    for mod, path in modules.items():
+        tree = ast.parse(path.read_text(), str(path))
+        top = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                         for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] != "vxl_jax":
+                    continue
+                target = resolve(name)
+                if id(node) not in top:
+                    local.setdefault((mod, target), node.lineno)
+                    continue
+                # the target and the packages above it (their __init__ runs first), the root facade excepted
+                parts = target.split(".")
+                edges[mod].update(".".join(parts[:i]) for i in range(2, len(parts) + 1))
+    for mod in edges:  # a module's own packages are already being imported when it runs: no edge
+        edges[mod] -= {mod} | {mod.rsplit(".", i)[0] for i in range(1, mod.count(".") + 1)}
+    return edges, local
+
+
+def _cycle(edges):
+    """One import cycle as a list of modules, or None."""
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for n in sorted(edges.get(m, ())):
+            if state.get(n) == "open":
+                return stack[stack.index(n):] + [n]
+            if n not in state:
+                found = visit(n)
+                if found:
+                    return found
+        stack.pop()
+        state[m] = "done"
+        return None
+
+    for m in sorted(edges):
+        if m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycle():
+    """Also counting function-local imports (a cycle hidden inside a function is still a cycle), except the
+    allowed ones."""
+    edges, local = _imports(_modules())
+    for (mod, target) in local:
+        if (mod, target) not in LOCAL_IMPORTS_ALLOWED and mod != target:
+            edges[mod].add(target)
+    cycle = _cycle({m: e for m, e in edges.items() if m != "vxl_jax"})
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_own_modules_are_imported_at_the_top():
+    _, local = _imports(_modules())
+    bad = {pair: line for pair, line in local.items() if pair not in LOCAL_IMPORTS_ALLOWED}
+    assert not bad, "function-local imports of our own modules (move them to the top): " + ", ".join(
+        f"{m}:{line} imports {t}" for (m, t), line in sorted(bad.items()))
+
+
+def test_the_scan_sees_cycles_and_local_imports(tmp_path):
+    """The checks can fail: a made-up package with a cycle through a package __init__ and a local import."""
+    global PACKAGE
+    pkg = tmp_path / "vxl_jax"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from vxl_jax.sub.a import f\n")
+    (pkg / "sub" / "a.py").write_text("from vxl_jax import b\n\ndef f():\n    from vxl_jax import c\n")
+    (pkg / "b.py").write_text("from vxl_jax.sub.x import y\n")  # runs sub/__init__ -> a -> b
+    (pkg / "c.py").write_text("")
+    saved, PACKAGE = PACKAGE, pkg
+    try:
+        edges, local = _imports(_modules())
+    finally:
+        PACKAGE = saved
+    assert _cycle(edges) is not None
+    assert ("vxl_jax.sub.a", "vxl_jax.c") in local
