@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from vxl_jax.batched import generate_batch, is_batch
 from vxl_jax.config import ConfigError, VideoXLConfig
 from vxl_jax.decode import stop_mask
 from vxl_jax.engine import Engine
@@ -319,6 +320,10 @@ class VideoXL:
             raise ValueError("max_new_tokens must be >= 1")
         params = self.sampling_params(do_sample, temperature, top_k, top_p, repetition_penalty)
         stops = set(stop_ids) if stop_ids is not None else self.stop_ids()
+        if is_batch(input_ids) or isinstance(memory, (list, tuple)):
+            return self._generate_batch(input_ids, pixel_values, ratio, max_new, params=params, stops=stops,
+                                        seed=seed, memory=memory, return_logits=return_logits, chunk=chunk,
+                                        features=features, stream=stream)
         t_start = time.perf_counter()
         if memory is not None:
             if not isinstance(memory, VideoMemory):
@@ -357,28 +362,69 @@ class VideoXL:
         self.last_memory = mem
         return (out, step_logits) if return_logits else out
 
+    def _generate_batch(self, input_ids, pixel_values, ratio, max_new, *, params, stops, seed, memory, return_logits,
+                        chunk, features, stream):
+        """Lists in (B prompts), a list of id arrays out: :func:`vxl_jax.batched.generate_batch`."""
+        if not is_batch(input_ids):
+            raise ValueError("with a list of memories, input_ids must be a list of 1-D id arrays (one per memory)")
+        if features is not None or stream is not None:
+            raise ValueError("features= and stream= take one prompt; call generate once per prompt for them")
+        if pixel_values is not None and not isinstance(pixel_values, (list, tuple)):
+            raise ValueError("with a list of prompts, pixel_values must be a list (one entry per prompt, None for "
+                             "text only) or None")
+        t_start = time.perf_counter()
+        c0, r0 = self.engine.compile_s, self.engine.run_s
+        out, step_logits, mem = generate_batch(self, list(input_ids), pixel_values, ratio, max_new=max_new,
+                                               params=params, stops=stops, seed=seed, memory=memory,
+                                               return_logits=return_logits, chunk=chunk)
+        self.stats = {"batch": len(out), "generated": [len(o) for o in out],
+                      "kept_kv": [int(x) for x in np.asarray(mem.length)], "compile_s": self.engine.compile_s - c0,
+                      "run_s": self.engine.run_s - r0, "wall_s": time.perf_counter() - t_start,
+                      "peak_mem_bytes": _peak_memory_bytes()}
+        return (out, step_logits) if return_logits else out
+
     def _decode(self, mem: KVMemory, last, seen_ids, *, params: SamplingParams, stops, max_new: int, seed: int,
                 chunk: int, return_logits: bool, on_chunk=None):
         """Chunked on-device decoding from the last prompt logits [V] -> (ids int32 [n], fp32 [n, V]
         step logits or None, memory). ``seen_ids``: the ids the repetition penalty starts from."""
-        vocab = int(np.shape(last)[-1])
-        state = (jnp.asarray(last, jnp.float32)[None], seen_mask(np.asarray(seen_ids), vocab)[None],
-                 jax.random.PRNGKey(seed))
+        ids, logits, mem = self._decode_rows(mem, np.asarray(last)[None], [seen_ids], params=params, stops=stops,
+                                             max_new=max_new, seeds=[seed], chunk=chunk, return_logits=return_logits,
+                                             on_chunk=None if on_chunk is None else (lambda rows: on_chunk(rows[0])))
+        return ids[0], (logits[0] if return_logits else None), mem
+
+    def _decode_rows(self, mem: KVMemory, last, seen_ids, *, params: SamplingParams, stops, max_new: int, seeds,
+                     chunk: int, return_logits: bool, on_chunk=None):
+        """B rows in lockstep: last logits [B, V], ``seen_ids`` (B id arrays), ``seeds`` (B ints) -> (B id
+        arrays, B fp32 [n_b, V] step-logit arrays or None, memory). ``on_chunk``: called with each call's new
+        ids per row (a list of B arrays)."""
+        last = np.asarray(last, np.float32)
+        B, vocab = last.shape
+        seen = jnp.stack([seen_mask(np.asarray(s), vocab) for s in seen_ids])
+        keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
+        state = (jnp.asarray(last), seen, keys)
         stops = stop_mask(stops, vocab)
-        out, step_logits, done = [], [], False
-        while not done:
-            toks, n, done, mem, seen, key, last, lg = self.engine.decode(
-                mem, *state, stops, jnp.int32(max_new - sum(map(len, out))), params=params, chunk=chunk,
-                return_logits=return_logits)
-            state = (last, seen, key)
-            n, done = int(n), bool(done)
-            out.append(np.asarray(toks[:n], np.int32))
-            if return_logits:
-                step_logits.append(np.asarray(lg[:n], np.float32))
+        out = [[] for _ in range(B)]
+        step_logits = [[] for _ in range(B)]
+        produced = np.zeros(B, np.int64)
+        done = np.zeros(B, bool)
+        while not done.all():
+            remaining = np.where(done, 0, max_new - produced).astype(np.int32)
+            toks, n, dn, mem, seen, key, last_, lg = self.engine.decode(
+                mem, *state, stops, jnp.asarray(remaining), params=params, chunk=chunk, return_logits=return_logits)
+            state = (last_, seen, key)
+            toks, n, done = np.asarray(toks), np.asarray(n), np.asarray(dn).copy()
+            lg = np.asarray(lg, np.float32) if return_logits else None
+            new = []
+            for b in range(B):
+                new.append(toks[b, :n[b]].astype(np.int32))
+                out[b].append(new[-1])
+                if return_logits:
+                    step_logits[b].append(lg[b, :n[b]])
+            produced += n
             if on_chunk is not None:
-                on_chunk(out[-1])
-        ids = np.concatenate(out)
-        return ids, (np.concatenate(step_logits) if return_logits else None), mem
+                on_chunk(new)
+        ids = [np.concatenate(o) for o in out]
+        return ids, ([np.concatenate(s) for s in step_logits] if return_logits else None), mem
 
     # ------------------------------------------------------------------ incremental ingestion
 

@@ -9,7 +9,8 @@ text can be streamed; the whole decoding state travels explicitly between calls:
 Semantics are those of the host loop it replaces: a token is chosen from the last logits (after
 the processors of :mod:`vxl_jax.sampling`), recorded, and fed back through the model (one-token
 ``_text_chunk``: its K/V appended to the memory) unless it is a stop id or the ``max_new``-th token;
-the stop token is part of the output and the last token is never fed back. Batch size 1.
+the stop token is part of the output and the last token is never fed back. B prompts decode in
+lockstep (batched answering); each row stops on its own.
 """
 
 from __future__ import annotations
@@ -30,35 +31,46 @@ def stop_mask(stop_ids, vocab: int) -> jax.Array:
 
 def decode_chunk(graphdef, state, mem: KVMemory, last, seen, key, stops, remaining, *, params: SamplingParams,
                  chunk: int, return_logits: bool, feed):
-    """Generate up to ``chunk`` tokens on device.
+    """Generate up to ``chunk`` tokens per row on device, B rows in lockstep.
 
-    mem: KVMemory (batch 1); last: fp32 [1, V] logits to choose the next token from; seen: bool
-    [1, V] (repetition penalty); key: PRNG key; stops: bool [V]; remaining: int32 [] tokens still
-    allowed (``max_new`` minus those already produced, >= 1).
+    mem: KVMemory (batch B); last: fp32 [B, V] logits to choose the next token from; seen: bool [B, V]
+    (repetition penalty); key: PRNG keys [B, 2], one chain per row (row b draws exactly as a batch-1 call
+    with that key); stops: bool [V]; remaining: int32 [B] tokens still allowed per row (``max_new`` minus
+    those already produced; 0 for a row that is done).
 
-    -> (tokens int32 [chunk] (first ``n`` valid), n int32 [], done bool [] (a stop id or the
-    ``remaining``-th token was produced), mem, seen, key, last [1, V], step logits fp32 [chunk, V]
-    (the unprocessed logits each token was chosen from; [0, V] unless ``return_logits``)).
-    ``feed(graphdef, state, mem, ids [1, 1], n [1], kind=...)`` -> (logits, mem): the engine's text step.
+    -> (tokens int32 [B, chunk] (first ``n[b]`` valid), n int32 [B], done bool [B] (a stop id or the
+    ``remaining``-th token was produced, or the row was done already), mem, seen, key, last [B, V], step
+    logits fp32 [B, chunk, V] (the unprocessed logits each token was chosen from; [B, 0, V] unless
+    ``return_logits``)). A row that is done chooses nothing more and its memory is not written.
+    ``feed(graphdef, state, mem, ids [B, 1], n [B], kind=...)`` -> (logits, mem): the engine's text step.
     """
-    V = last.shape[-1]
+    B, V = last.shape
+
+    def choose_row(lg, sn, k):
+        k, sub = jax.random.split(k)
+        return choose_jax(lg[None], sn[None], params, sub)[0], k
 
     def body(c):
-        i, _, mem, last, seen, key, toks, logits = c
-        key, sub = jax.random.split(key)
-        tok = choose_jax(last, seen, params, sub)  # [1]
-        toks = toks.at[i].set(tok[0])
+        i, done, n, mem, last, seen, key, toks, logits = c
+        tok, new_key = jax.vmap(choose_row)(last, seen, key)  # [B]
+        active = ~done
+        key = jnp.where(active[:, None], new_key, key)
+        toks = toks.at[:, i].set(jnp.where(active, tok, 0))
         if return_logits:
-            logits = logits.at[i].set(last[0])
-        seen = seen.at[0, tok[0]].set(True)
-        done = stops[tok[0]] | (i + 1 >= remaining)
-        # Feed the token back unless done. Not a lax.cond: its result would be copied into the loop
+            logits = logits.at[:, i].set(last)
+        seen = seen | (jax.nn.one_hot(tok, V, dtype=bool) & active[:, None])
+        n = n + active.astype(jnp.int32)
+        finished = active & (stops[tok] | (n >= remaining))
+        # Feed the token back on rows still going. Not a lax.cond: its result would be copied into the loop
         # state (the whole memory, every step); with count 0 the append writes nothing instead.
-        lg, mem = feed(graphdef, state, mem, tok[:, None], (~done).astype(jnp.int32)[None], kind="text")
-        last = jnp.where(done, last, lg[:, 0].astype(jnp.float32))
-        return i + 1, done, mem, last, seen, key, toks, logits
+        fed = active & ~finished
+        lg, mem = feed(graphdef, state, mem, tok[:, None], fed.astype(jnp.int32), kind="text")
+        last = jnp.where(fed[:, None], lg[:, 0].astype(jnp.float32), last)
+        return i + 1, done | finished, n, mem, last, seen, key, toks, logits
 
-    init = (jnp.int32(0), jnp.bool_(False), mem, last.astype(jnp.float32), seen, key,
-            jnp.zeros((chunk,), jnp.int32), jnp.zeros((chunk if return_logits else 0, V), jnp.float32))
-    n, done, mem, last, seen, key, toks, logits = jax.lax.while_loop(lambda c: (c[0] < chunk) & ~c[1], body, init)
+    done0 = remaining <= 0
+    init = (jnp.int32(0), done0, jnp.zeros((B,), jnp.int32), mem, last.astype(jnp.float32), seen, key,
+            jnp.zeros((B, chunk), jnp.int32), jnp.zeros((B, chunk if return_logits else 0, V), jnp.float32))
+    _, done, n, mem, last, seen, key, toks, logits = jax.lax.while_loop(
+        lambda c: (c[0] < chunk) & ~jnp.all(c[1]), body, init)
     return toks, n, done, mem, seen, key, last, logits
