@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from vxl_jax.eval.choice import STYLES, letter_logprobs, parse_letter, prompt_ids, text_logprobs
+from vxl_jax.eval.choice import LETTERS, STYLES, letter_logprobs, parse_letter, prompt_ids, text_logprobs
 from vxl_jax.eval.readers import Item, find_video
 from vxl_jax.eval.results import ResultsFile, summarize, write_json_atomic
 
@@ -113,10 +113,10 @@ def answer_item(vx, memory, prefix: np.ndarray, item: Item, style, scoring: str,
         return {"prediction": parse_letter(text, item.options), "response": text}
     if scoring == "loglik":
         scores = letter_logprobs(vx, memory, after, len(item.options))
-        return {"prediction": "ABCDEFGHIJ"[int(np.argmax(scores))], "scores": [round(float(s), 6) for s in scores]}
+        return {"prediction": LETTERS[int(np.argmax(scores))], "scores": [round(float(s), 6) for s in scores]}
     if scoring == "loglik-text":
         sums, counts = text_logprobs(vx, memory, after, item.options)
-        return {"prediction": "ABCDEFGHIJ"[int(np.argmax(sums))], "scores": [round(float(s), 6) for s in sums],
+        return {"prediction": LETTERS[int(np.argmax(sums))], "scores": [round(float(s), 6) for s in sums],
                 "tokens": [int(c) for c in counts]}
     raise ValueError(f"unknown scoring {scoring!r}; choose one of {', '.join(SCORINGS)}")
 
