@@ -3,7 +3,9 @@
 Needs the ``[tpu]`` extra (jax[tpu] + libtpu). 7B-like heads (28 query heads, 4 KV heads, head dim
 128) in bfloat16 over a 16k-slot memory: a prefill window (1440 + 180 rows, stacked memory read
 with a layer index), one decoding row, and the training form (forward + gradient; the backward is
-the blocked XLA backward). Prints what compiled, the compile time and ``memory_analysis()``.
+the blocked XLA backward); and a CLIP-shaped call (head dim 64: not tiled by the kernel, so the
+blocked path, 0 Mosaic kernels). The kernel-or-interpret choice is made when lowering, so this CPU
+host gets the TPU kernel. Prints what compiled, the compile time and ``memory_analysis()``.
 
     .venv-tpu/bin/python bench/pallas_tpu_compile.py [--topology v5p:2x2x2] [--only prefill,decode,grad]
 """
@@ -28,17 +30,19 @@ def _cases(dt):
     i32 = jnp.int32
 
     def prefill(q, k, v, valid, mk, mv, mem_len, layer):
-        return pallas_attention(q, k, v, valid=valid, mem_k=mk, mem_v=mv, mem_len=mem_len, mem_layer=layer,
-                                interpret=False)
+        return pallas_attention(q, k, v, valid=valid, mem_k=mk, mem_v=mv, mem_len=mem_len, mem_layer=layer)
 
     def decode(q, k, v, mk, mv, mem_len, layer):
-        return pallas_attention(q, k, v, mem_k=mk, mem_v=mv, mem_len=mem_len, mem_layer=layer, interpret=False)
+        return pallas_attention(q, k, v, mem_k=mk, mem_v=mv, mem_len=mem_len, mem_layer=layer)
 
     def grad(q, k, v, valid, mk, mv, mem_len, w):
         def loss(q, k, v, mk, mv):
-            out = pallas_attention(q, k, v, valid=valid, mem_k=mk, mem_v=mv, mem_len=mem_len, interpret=False)
+            out = pallas_attention(q, k, v, valid=valid, mem_k=mk, mem_v=mv, mem_len=mem_len)
             return jnp.sum(out.astype(jnp.float32) * w)
         return jax.grad(loss, argnums=(0, 1, 2, 3, 4))(q, k, v, mk, mv)
+
+    def clip(q, k, v):  # CLIP ViT-L: head dim 64, which the kernel does not tile: the blocked path
+        return pallas_attention(q, k, v, causal=False)
 
     stacked = sds((LAYERS, 1, MEM, KV, D), dt)
     chunk = (sds((1, CHUNK, H, D), dt), sds((1, CHUNK, KV, D), dt), sds((1, CHUNK, KV, D), dt))
@@ -48,6 +52,7 @@ def _cases(dt):
                             sds((1,), i32), sds((), i32))),
         "grad": (grad, (*chunk, sds((1, CHUNK), bool), sds((1, MEM, KV, D), dt), sds((1, MEM, KV, D), dt),
                         sds((1,), i32), sds((1, CHUNK, H, D), jnp.float32))),
+        "clip": (clip, tuple(sds((8, 577, 16, 64), dt) for _ in range(3))),
     }
 
 
@@ -58,7 +63,7 @@ def _gib(n):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--topology", default="v5p:2x2x2")
-    ap.add_argument("--only", default="prefill,decode,grad")
+    ap.add_argument("--only", default="prefill,decode,grad,clip")
     args = ap.parse_args()
     topo = topologies.get_topology_desc(topology_name=args.topology, platform="tpu")
     device = topo.devices[0]

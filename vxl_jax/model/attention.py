@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from vxl_jax.model.blocked import blocked_attention
-from vxl_jax.model.pallas_attention import pallas_attention, tpu_supported
+from vxl_jax.model.pallas_attention import pallas_attention
 
 # Reference path: queries in blocks of this many rows, so the fp32 score matrix never exceeds
 # [B, H, QUERY_BLOCK, S]. Each row's math is unchanged (exact, not online softmax).
@@ -84,9 +84,8 @@ def attend(q, k, v, *, valid=None, causal: bool = True, mem_k=None, mem_v=None, 
         return blocked_attention(q, k, v, valid=valid, causal=causal, mem_k=mem_k, mem_v=mem_v, mem_len=mem_len,
                                  mem_layer=mem_layer, scale=scale)
     if backend == "pallas":
-        fn = pallas_attention if jax.default_backend() != "tpu" or tpu_supported(D) else blocked_attention
-        return fn(q, k, v, valid=valid, causal=causal, mem_k=mem_k, mem_v=mem_v, mem_len=mem_len,
-                  mem_layer=mem_layer, scale=scale)
+        return pallas_attention(q, k, v, valid=valid, causal=causal, mem_k=mem_k, mem_v=mem_v, mem_len=mem_len,
+                                mem_layer=mem_layer, scale=scale)
     if backend not in ("reference", "cudnn", "dot_product"):
         raise ValueError(f"unknown attention backend {backend!r}")
     if mem_layer is not None:

@@ -264,3 +264,4 @@ def blocked_attention(q, k, v, *, valid=None, causal: bool = True, mem_k=None, m
 
 
 backward = _backward  # the gradient of any kernel that gives blocked's (out, lse): the ``pallas`` backend's VJP
+forward = _forward  # (out, lse) for the same inputs: the pallas backend's forward where its kernel does not tile

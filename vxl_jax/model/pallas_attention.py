@@ -11,8 +11,10 @@ lane block ``k`` of width Dh. Queries of the ``G = H // KV`` heads sharing a KV 
 block of width ``G * Dh`` of ``q`` viewed as ``[B, T, H * Dh]``: no transposes on either side.
 
 On TPU this compiles with Mosaic (Dh a multiple of 128, ``block_k`` a multiple of 128,
-``block_q`` and ``block_mem`` multiples of 8); on every other backend it runs in Pallas interpret
-mode (for tests: correct but slow; on GPU use the ``cudnn`` backend). Gradients: a custom VJP
+``block_q`` and ``block_mem`` multiples of 8; other head shapes take the blocked forward there); on
+every other platform it runs in Pallas interpret mode (for tests: correct but slow; on GPU use the
+``cudnn`` backend). The choice is made when lowering, so ahead-of-time TPU compiles from a CPU
+host get the kernel. Gradients: a custom VJP
 whose backward is the blocked backward of :mod:`vxl_jax.model.blocked`, fed the kernel's output
 and log-sum-exp (no score matrix is kept).
 
@@ -36,6 +38,7 @@ BLOCK_Q = 256  # query rows per tile (shrunk to fit the chunk; multiple of 8)
 BLOCK_K = 256  # chunk keys per tile (multiple of 128 on TPU)
 BLOCK_MEM = 512  # memory slots per tile for a full query tile (multiple of 8)
 BLOCK_MEM_MAX = 2048  # memory tiles grow as query tiles shrink (decoding), up to this
+ACC_BYTES = 4 << 20  # query tiles shrink so the fp32 accumulator [tq, H * Dh] stays within this (VMEM)
 _NEG = -1e30  # finite "minus infinity" for running maxima
 
 
@@ -165,13 +168,40 @@ def _pad_rows(x, n):
 
 
 def _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks, interpret):
-    """-> (out [B, T, H, D] in q.dtype, lse fp32 [B, KV, G, T]) (lse as :mod:`blocked` keeps it)."""
+    """-> (out [B, T, H, D] in q.dtype, lse fp32 [B, KV, G, T]) (lse as :mod:`blocked` keeps it).
+
+    ``interpret`` None: chosen when lowering (``lax.platform_dependent``, so an ahead-of-time TPU
+    compile from a CPU host gets the Mosaic kernel): Mosaic on TPU (or the blocked forward for head
+    shapes the kernel does not tile there), interpret mode on every other platform.
+    """
+    args = (q, k, v, valid, mem_k, mem_v, mem_len, layer)
+    if interpret is not None:
+        return _kernel_forward(*args, causal, scale, blocks, interpret)
+    if tpu_supported(q.shape[-1], k.shape[2], k.dtype if mem_k is None else mem_k.dtype):
+        tpu = functools.partial(_call_kernel, causal=causal, scale=scale, blocks=blocks, interpret=False)
+    else:
+        tpu = functools.partial(_call_blocked, causal=causal, scale=scale)
+    default = functools.partial(_call_kernel, causal=causal, scale=scale, blocks=blocks, interpret=True)
+    return jax.lax.platform_dependent(*args, tpu=tpu, default=default)
+
+
+def _call_kernel(*args, causal, scale, blocks, interpret):
+    return _kernel_forward(*args, causal, scale, blocks, interpret)
+
+
+def _call_blocked(*args, causal, scale):
+    return blocked.forward(*args, causal, scale)
+
+
+def _kernel_forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks, interpret):
+    """The Pallas call: -> (out, lse) as :func:`_forward`."""
     B, T, H, D = q.shape
     KV = k.shape[2]
     G = H // KV
     has_mem = mem_k is not None
     M = mem_k.shape[-3] if has_mem else 0
-    plan = _Plan(T, M, *blocks)
+    block_q, block_k, block_mem = blocks
+    plan = _Plan(T, M, min(block_q, max(8, ACC_BYTES // (H * D * 4) // 8 * 8)), block_k, block_mem)
     q2 = _pad_rows(q.reshape(B, T, H * D), plan.tq_pad)
     k2 = _pad_rows(k, plan.tk_pad).reshape(B, plan.tk_pad * KV, D)  # slot-major rows: t * KV + kv
     v2 = _pad_rows(v, plan.tk_pad).reshape(B, plan.tk_pad * KV, D)
@@ -251,15 +281,14 @@ def pallas_attention(q, k, v, *, valid=None, causal: bool = True, mem_k=None, me
     Same arguments and result as :func:`vxl_jax.model.blocked.blocked_attention` (q [B, T, H, Dh];
     k, v [B, T, KV, Dh]; valid [B, T]; mem_k/mem_v [B, M, KV, Dh] with mem_len [B], or stacked
     [L, B, M, KV, Dh] with the int32 scalar ``mem_layer``). Block sizes are tile sizes (see the module
-    docstring); ``interpret`` defaults to True off TPU.
+    docstring); ``interpret`` None (default): the Mosaic kernel when lowered for TPU (the blocked path
+    where :func:`tpu_supported` says the kernel does not tile), interpret mode elsewhere.
     """
     B, T, H, D = q.shape
     KV = k.shape[2]
     if H % KV:
         raise ValueError(f"query heads ({H}) must be a multiple of KV heads ({KV})")
     scale = D ** -0.5 if scale is None else float(scale)
-    if interpret is None:
-        interpret = jax.default_backend() != "tpu"
     if valid is None:
         valid = jnp.ones((B, T), bool)
     if mem_k is not None and mem_len is None:
@@ -269,9 +298,11 @@ def pallas_attention(q, k, v, *, valid=None, causal: bool = True, mem_k=None, me
     if (mem_layer is None) != (mem_k is None or mem_k.ndim == 4):
         raise ValueError("a stacked [L, B, M, KV, Dh] memory needs mem_layer, a [B, M, KV, Dh] one must not have it")
     return _attention(q, k, v, valid, mem_k, mem_v, mem_len, mem_layer, bool(causal), scale,
-                      (int(block_q), int(block_k), int(block_mem)), bool(interpret))
+                      (int(block_q), int(block_k), int(block_mem)), interpret)
 
 
-def tpu_supported(head_dim: int) -> bool:
-    """Whether the kernel's lane blocks tile for this head size on TPU (Dh a multiple of 128)."""
-    return head_dim % 128 == 0
+def tpu_supported(head_dim: int, kv_heads: int, kv_dtype) -> bool:
+    """Whether Mosaic can run the kernel: lane-aligned heads (Dh a multiple of 128) and per-head rows
+    it can load (32-bit keys, or 16-bit ones with one or an even number of KV heads)."""
+    bits = jnp.dtype(kv_dtype).itemsize * 8
+    return head_dim % 128 == 0 and (bits == 32 or (bits == 16 and (kv_heads == 1 or kv_heads % 2 == 0)))
