@@ -1,7 +1,7 @@
 """The ``pallas`` attention kernel (Pallas interpret mode on CPU) equals the dense reference: random
 memory lengths, empty and full memory, a partial last memory tile, padded chunks, one decoding row,
-GQA (fp32 and the bf16 word-split read), the stacked memory with a layer index, non-causal; values
-and gradients (<= 1e-5 fp32); and the whole model with ``attention: pallas`` equals ``xla``. Also the
+GQA (fp32 and the bf16 word-split read), the stacked memory with a layer index, non-causal, per
+shard on a mesh; values and gradients (<= 1e-5 fp32); and the whole model with ``attention: pallas`` equals ``xla``. Also the
 ``cudnn`` construction (run through XLA's lowering) equals the reference."""
 
 import jax
@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vxl_jax import sharding as sh
 from vxl_jax.model import attention, random_model
 from vxl_jax.model.pallas_attention import _Plan, pallas_attention
 
@@ -111,6 +112,30 @@ def test_stacked_memory_layer_index():
                                                         backend="reference")))(mk)
     np.testing.assert_allclose(np.asarray(g[1]), np.asarray(g_ref), atol=1e-5, rtol=0)
     assert not np.asarray(g[0]).any() and not np.asarray(g[2]).any()
+
+
+def test_on_a_mesh_runs_per_shard():
+    """Under the inference rules on a data 2 x tensor 2 mesh the kernel runs inside shard_map (one
+    sequence, one KV head and its query heads per device); values and gradients equal the reference."""
+    q, k, v, mk, mv = _inputs(9, T=12, M=30)
+    stack_k, stack_v = jnp.stack([mk, -mk]), jnp.stack([mv, mv + 1.0])
+    mem_len = jnp.asarray([7, 30], jnp.int32)
+    mesh = sh.inference_mesh({"data": 2, "tensor": 2})
+
+    def f(q, mk):
+        return _pallas(q, k, v, mem_k=mk, mem_v=stack_v, mem_len=mem_len, mem_layer=jnp.int32(1))
+
+    def ref(q, mk):
+        return attention.attend(q, k, v, mem_k=mk[1], mem_v=stack_v[1], mem_len=mem_len, backend="reference")
+
+    with sh.activation_sharding(mesh, "inference"):
+        assert "shard_map" in str(jax.make_jaxpr(f)(q, stack_k))
+        got = jax.jit(f)(q, stack_k)
+        grads = jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) ** 2), argnums=(0, 1)))(q, stack_k)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref(q, stack_k)), atol=1e-5, rtol=0)
+    ref_grads = jax.grad(lambda *a: jnp.sum(ref(*a) ** 2), argnums=(0, 1))(q, stack_k)
+    for a, b in zip(ref_grads, grads):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=0)
 
 
 def test_plan_tiles():

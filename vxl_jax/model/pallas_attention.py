@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from vxl_jax import sharding as sh
 from vxl_jax.model import blocked
 
 BLOCK_Q = 256  # query rows per tile (shrunk to fit the chunk; multiple of 8)
@@ -297,8 +298,41 @@ def pallas_attention(q, k, v, *, valid=None, causal: bool = True, mem_k=None, me
         mem_len = mem_len.astype(jnp.int32)
     if (mem_layer is None) != (mem_k is None or mem_k.ndim == 4):
         raise ValueError("a stacked [L, B, M, KV, Dh] memory needs mem_layer, a [B, M, KV, Dh] one must not have it")
-    return _attention(q, k, v, valid, mem_k, mem_v, mem_len, mem_layer, bool(causal), scale,
-                      (int(block_q), int(block_k), int(block_mem)), interpret)
+    blocks = (int(block_q), int(block_k), int(block_mem))
+
+    def call(*arrays):
+        return _attention(*arrays, bool(causal), scale, blocks, interpret)
+
+    return _per_shard(call, q, k, v, valid, mem_k, mem_v, mem_len, mem_layer)
+
+
+def _per_shard(call, q, k, v, valid, mem_k, mem_v, mem_len, layer):
+    """``call`` on each shard under :class:`vxl_jax.sharding.activation_sharding` (XLA cannot partition
+    a Mosaic call: it would gather every operand onto every chip). Batch rows and KV heads (with
+    their query heads) are split as the rules split ``batch`` and ``act_kv_heads``; other dims whole."""
+    args = (q, k, v, valid, mem_k, mem_v, mem_len, layer)
+    active = sh._active()
+    if active is None:
+        return call(*args)
+    mesh, rules = active
+    spec = tuple(sh.logical_to_spec(("batch", "act_kv_heads"), (q.shape[0], k.shape[2]), rules, mesh))
+    batch, heads = (spec + (None, None))[:2]
+    if batch is None and heads is None:
+        return call(*args)
+    P = jax.sharding.PartitionSpec
+    rows = P(batch, None, heads, None)
+    mem = P(batch, None, heads, None) if mem_k is None or mem_k.ndim == 4 else P(None, batch, None, heads, None)
+    specs = (rows, rows, rows, P(batch, None), mem, mem, P(batch), P())
+    present = [i for i, a in enumerate(args) if a is not None]
+
+    def local(*xs):
+        full = [None] * len(args)
+        for i, x in zip(present, xs):
+            full[i] = x
+        return call(*full)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=tuple(specs[i] for i in present), out_specs=rows,
+                         check_vma=False)(*(args[i] for i in present))
 
 
 def tpu_supported(head_dim: int, kv_heads: int, kv_dtype) -> bool:
