@@ -133,3 +133,54 @@ def test_sample_video_arguments(tmp_path):
         write_sample_video(tmp_path / "x.mp4", num_frames=4, size=(97, 64))
     with pytest.raises(ValueError, match="num_frames"):
         write_sample_video(tmp_path / "x.mp4", num_frames=0)
+
+
+# ---------------------------------------------------------------------------- streaming reader
+
+
+@pytest.mark.parametrize("num_frames,batch", [(12, 5), (97, 16), (30, 30)])
+def test_stream_uniform_equals_whole_file_reader(h264_video, num_frames, batch):
+    from vxl_jax.video import VideoStream
+
+    whole, info = load_video(h264_video, num_frames)
+    stream = VideoStream(h264_video, num_frames=num_frames, batch=batch)
+    assert len(stream) == num_frames and stream.indices.tolist() == info["indices"]
+    chunks = list(stream)
+    assert [len(c) for c in chunks][:-1] == [batch] * (len(chunks) - 1) and sum(map(len, chunks)) == num_frames
+    np.testing.assert_array_equal(np.concatenate(chunks), whole)
+    assert [read_counter(f) for f in np.concatenate(chunks)] == info["indices"]
+
+
+@pytest.mark.parametrize("fps", [1, 2.5, 24, 50])
+def test_stream_fps_equals_whole_file_fps_sampling(h264_video, fps):
+    """Fixed fps: every round(24 / fps)-th frame, as the whole-file (training) reader samples at that rate."""
+    from vxl_jax.data.frames import load_training_video
+    from vxl_jax.video import VideoStream, fps_indices
+
+    whole, idx = load_training_video(h264_video, frames_upbound=10**6, video_fps=fps)
+    np.testing.assert_array_equal(fps_indices(97, 24.0, fps), idx)
+    np.testing.assert_array_equal(idx, np.arange(0, 97, max(1, round(24 / fps))))
+    stream = VideoStream(h264_video, fps=fps, size=64, batch=7)
+    assert stream.indices.tolist() == idx.tolist() and stream.info["num_frames"] == len(idx)
+    frames = np.concatenate(list(stream))
+    from vxl_jax.preprocess import resize_crop_frames
+
+    np.testing.assert_array_equal(frames, resize_crop_frames(whole, 64))
+
+
+def test_frame_iterators_and_raw_pipes(tmp_path):
+    from vxl_jax.video import VideoError, VideoStream, iter_frame_chunks, read_raw_frames
+
+    frames = np.random.default_rng(0).integers(0, 256, (11, 6, 8, 3), dtype=np.uint8)
+    chunks = list(iter_frame_chunks(iter(frames), batch=4))
+    assert [len(c) for c in chunks] == [4, 4, 3]
+    np.testing.assert_array_equal(np.concatenate(chunks), frames)
+    mixed = list(iter_frame_chunks([frames[:5], frames[5], frames[6:]], batch=3))  # chunks and single frames
+    np.testing.assert_array_equal(np.concatenate(mixed), frames)
+    path = tmp_path / "live.rgb"
+    path.write_bytes(frames.tobytes() + b"\x00" * 7)  # a trailing partial frame is not yielded
+    np.testing.assert_array_equal(np.stack(list(read_raw_frames(path, 8, 6))), frames)
+    with pytest.raises(VideoError, match="uint8"):
+        list(iter_frame_chunks([np.zeros((4, 4), np.float32)]))
+    with pytest.raises(VideoError, match="either"):
+        VideoStream(path, num_frames=3, fps=1)

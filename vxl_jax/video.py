@@ -3,7 +3,9 @@
     frames, info = load_video("clip.mp4", num_frames=128)   # uint8 [F, H, W, 3] RGB
 
 Frame indices are ``np.linspace(0, total - 1, F, dtype=int)``: uniform, both ends included, truncated
-(as the original demo / eval code). Bad input raises ``VideoError`` (a ``ValueError``) with one
+(as the original demo / eval code). Long videos stream: ``VideoStream(path, fps=1, size=336)`` yields a
+batch of frames at a time (uniform ``num_frames`` or a fixed ``fps``), ``iter_frame_chunks`` batches any
+frame iterator, ``read_raw_frames`` reads a raw RGB24 pipe or growing file (live input). Bad input raises ``VideoError`` (a ``ValueError``) with one
 readable line naming the problem.
 """
 
@@ -92,6 +94,126 @@ def open_video(path):
     if len(vr) == 0:
         raise VideoError(f"cannot use video {path}: it has zero frames")
     return vr
+
+
+def fps_indices(total: int, avg_fps: float, fps: float) -> np.ndarray:
+    """Indices of the frames kept when sampling ``fps`` frames per second from a video of ``total`` frames at
+    ``avg_fps``: every ``round(avg_fps / fps)``-th frame from the first (every frame when the video is slower or
+    its rate is unknown), as the training pipeline's 1-fps sampling."""
+    if total <= 0:
+        raise VideoError(f"the video has no frames (total={total})")
+    if not fps or fps <= 0:
+        raise VideoError(f"fps must be positive, got {fps}")
+    step = max(1, int(round(avg_fps / fps))) if avg_fps and avg_fps > 0 else 1
+    return np.arange(0, total, step, dtype=np.int64)
+
+
+class VideoStream:
+    """A video file read a batch of frames at a time: iterate for uint8 chunks [n, H, W, 3] (or
+    [n, size, size, 3] resized + center-cropped with ``size``), in order, ``batch`` frames each.
+
+    Sampling: ``num_frames`` uniform frames (:func:`sample_indices`) or ``fps`` frames per second
+    (:func:`fps_indices`). Only one batch of decoded frames exists at a time, so memory does not grow with
+    the video's length. ``len(stream)`` and ``stream.indices`` are known before reading; ``stream.info`` as
+    :func:`load_video`'s.
+    """
+
+    def __init__(self, path, num_frames: int | None = None, fps: float | None = None, size: int | None = None,
+                 batch: int = 16):
+        if (num_frames is None) == (fps is None):
+            raise VideoError("give either num_frames (uniform sampling) or fps (frames per second)")
+        if num_frames is not None and (int(num_frames) != num_frames or num_frames < 1):
+            raise VideoError(f"number of frames must be a positive integer, got {num_frames!r}")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.path, self.size, self.batch = os.fspath(path), size, int(batch)
+        self._vr = open_video(path)
+        total = len(self._vr)
+        avg_fps = float(self._vr.get_avg_fps() or 0.0)
+        if num_frames is not None:
+            self.indices = sample_indices(total, int(num_frames))
+        else:
+            self.indices = fps_indices(total, avg_fps, float(fps))
+        first = self._vr[0].shape
+        self.info = {"path": self.path, "total_frames": total, "fps": avg_fps,
+                     "duration_s": total / avg_fps if avg_fps > 0 else None, "indices": self.indices.tolist(),
+                     "num_frames": len(self.indices), "requested": num_frames if num_frames is not None else None,
+                     "sample_fps": fps, "clipped": num_frames is not None and num_frames > total,
+                     "height": int(first[0]), "width": int(first[1])}
+        self._vr.seek(0)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        for start in range(0, len(self.indices), self.batch):
+            part = _decode(self._vr, self.indices[start:start + self.batch], self.path)
+            if self.size is not None:
+                from vxl_jax.preprocess import resize_crop_frames
+
+                part = resize_crop_frames(part, self.size)
+            yield part
+
+
+def iter_frame_chunks(frames, batch: int = 16, size: int | None = None):
+    """Any iterable of frames (uint8 [H, W, 3] each) or of frame chunks ([n, H, W, 3]) -> uint8 chunks of up to
+    ``batch`` frames (resized + center-cropped with ``size``), in order. A chunk is yielded as soon as it is
+    full, so a live source is consumed as it comes."""
+    buf = []
+    for item in frames:
+        item = np.asarray(item)
+        if item.ndim == 3:
+            item = item[None]
+        if item.ndim != 4 or item.shape[-1] != 3 or item.dtype != np.uint8:
+            raise VideoError(f"frames must be uint8 [H, W, 3] (or chunks [n, H, W, 3]), got {item.dtype} {item.shape}")
+        buf.extend(item)
+        while len(buf) >= batch:
+            yield _chunk(buf[:batch], size)
+            buf = buf[batch:]
+    if buf:
+        yield _chunk(buf, size)
+
+
+def _chunk(frames: list, size: int | None) -> np.ndarray:
+    out = np.stack(frames)
+    if size is not None:
+        from vxl_jax.preprocess import resize_crop_frames
+
+        out = resize_crop_frames(out, size)
+    return out
+
+
+def read_raw_frames(stream, width: int, height: int, follow: float = 0.0, poll: float = 0.2):
+    """Frames from a raw RGB24 byte stream (a pipe, a FIFO, or a file another process is writing, e.g.
+    ``ffmpeg -i CAMERA -f rawvideo -pix_fmt rgb24 -s WxH out.rgb``) -> uint8 [height, width, 3] each.
+
+    ``stream``: a binary file object or a path. At end of data the reader stops, or with ``follow`` > 0 waits
+    for more (a growing file) and stops after ``follow`` seconds without new bytes.
+    """
+    import time
+
+    frame_bytes = width * height * 3
+    own = not hasattr(stream, "read")
+    f = open(stream, "rb") if own else stream
+    try:
+        buf = b""
+        idle = 0.0
+        while True:
+            data = f.read(frame_bytes - len(buf))
+            if data:
+                buf += data
+                idle = 0.0
+                if len(buf) == frame_bytes:
+                    yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+                    buf = b""
+                continue
+            if idle >= follow:
+                return
+            time.sleep(poll)
+            idle += poll
+    finally:
+        if own:
+            f.close()
 
 
 def load_video(path, num_frames: int, size: int | None = None, batch: int = 32) -> tuple[np.ndarray, dict]:
