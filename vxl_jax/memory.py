@@ -50,21 +50,34 @@ def rotate_at(k, slots, head_dim: int, theta: float):
     return rotate(k, cos[None, :, :, None, :], sin[None, :, :, None, :])
 
 
+def write_rows(buf, rows, slots):
+    """buf [L, B, M, ...] with rows [L, B, T, ...] written at ``slots`` [B, T] (distinct within a row;
+    slots >= M are dropped). One scatter whose batch dim is an operand-batching dim (each sample writes
+    its own row, so the batch can stay sharded) with unique indices (so its derivative is a plain
+    scatter / gather: no index bookkeeping buffers of the memory's size)."""
+    trailing = tuple(range(3, buf.ndim))
+    dnums = jax.lax.ScatterDimensionNumbers(update_window_dims=(0,) + trailing, inserted_window_dims=(2,),
+                                            scatter_dims_to_operand_dims=(2,), operand_batching_dims=(1,),
+                                            scatter_indices_batching_dims=(0,))
+    return jax.lax.scatter(buf, slots[..., None], rows.astype(buf.dtype), dnums, indices_are_sorted=False,
+                           unique_indices=True, mode=jax.lax.GatherScatterMode.FILL_OR_DROP)
+
+
 def append(mem: KVMemory, k_pre, v, count, *, theta: float, kind: str) -> KVMemory:
     """Write the first ``count[b]`` rows of k_pre/v [L, B, T, KV, Dh] at slots ``length[b]...``.
 
     Keys are rotated with their slot index. Rows past ``count`` (padding) are dropped, never
-    written, so a partial window or a padded prompt leaves no trace. ``kind`` in
-    {"prefix", "beacons", "text"} updates the matching size counter.
+    written, so a partial window or a padded prompt leaves no trace; so are rows past the
+    capacity. ``kind`` in {"prefix", "beacons", "text"} updates the matching size counter.
     """
-    L, B, T = k_pre.shape[:3]
+    T = k_pre.shape[2]
     t = jnp.arange(T, dtype=jnp.int32)[None, :]
     slots = mem.length[:, None] + t  # [B, T]
-    k_rot = rotate_at(k_pre, slots, k_pre.shape[-1], theta).astype(mem.k.dtype)
-    target = jnp.where(t < count[:, None], slots, mem.capacity)  # out of range -> dropped
-    b_idx = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
-    new_k = mem.k.at[:, b_idx, target].set(k_rot, mode="drop")
-    new_v = mem.v.at[:, b_idx, target].set(v.astype(mem.v.dtype), mode="drop")
+    k_rot = rotate_at(k_pre, slots, k_pre.shape[-1], theta)
+    # padding rows go to distinct slots past the end (dropped), so every index stays unique
+    target = jnp.where(t < count[:, None], slots, slots + mem.capacity)
+    new_k = write_rows(mem.k, k_rot, target)
+    new_v = write_rows(mem.v, v, target)
     count = count.astype(jnp.int32)
     upd = {"n_prefix": mem.n_prefix, "n_beacons": mem.n_beacons, "n_text": mem.n_text}
     field = {"prefix": "n_prefix", "beacons": "n_beacons", "text": "n_text"}[kind]
