@@ -51,7 +51,7 @@ PARAM_AXES = ("layers", "embed", "embed_in", "heads", "kv_heads", "head_dim", "m
               "vis_embed", "vis_heads", "vis_mlp")
 # Logical names for activations / runtime state (inputs, KV memory, logits).
 ACTIVATION_AXES = ("batch", "frames", "length", "act_embed", "act_heads", "act_kv_heads", "act_mlp", "act_vocab",
-                   "cache_layers", "cache_batch", "cache_slots", "cache_kv_heads")
+                   "cache_layers", "cache_batch", "cache_slots", "cache_kv_heads", "loss_vocab")
 
 Rules = tuple  # tuple of (logical name, None | mesh axis | tuple of mesh axes); repeated names = fallbacks
 
@@ -60,7 +60,12 @@ _COMMON_REPLICATED = (
     ("length", None), ("act_embed", None), ("cache_layers", None), ("cache_slots", None),
 )
 
-FSDP_RULES: Rules = _COMMON_REPLICATED + (
+# The training loss is vocab-parallel in every preset: the vocab matrices and the logits are split over
+# the vocabulary on all model-parallel axes while the logits and their gradients are computed
+# (:func:`vxl_jax.beacon.train.vocab_parallel_loss`), never gathered whole on one chip.
+_LOSS_RULES: Rules = (("loss_vocab", ("tensor", "fsdp")),)
+
+FSDP_RULES: Rules = _COMMON_REPLICATED + _LOSS_RULES + (
     # weights
     ("embed", "fsdp"), ("vis_embed", "fsdp"),
     ("embed_in", "tensor"),
@@ -72,7 +77,7 @@ FSDP_RULES: Rules = _COMMON_REPLICATED + (
     ("cache_kv_heads", None),
 )
 
-FSDP_TP_RULES: Rules = _COMMON_REPLICATED + (
+FSDP_TP_RULES: Rules = _COMMON_REPLICATED + _LOSS_RULES + (
     ("embed", "fsdp"), ("vis_embed", "fsdp"),
     ("embed_in", "tensor"),
     ("heads", "tensor"), ("kv_heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"),
@@ -82,7 +87,7 @@ FSDP_TP_RULES: Rules = _COMMON_REPLICATED + (
     ("cache_kv_heads", "tensor"),
 )
 
-INFERENCE_RULES: Rules = _COMMON_REPLICATED + (
+INFERENCE_RULES: Rules = _COMMON_REPLICATED + _LOSS_RULES + (
     ("embed", None), ("vis_embed", None),
     ("embed_in", ("tensor", "fsdp")),
     ("heads", ("tensor", "fsdp")), ("kv_heads", "tensor"), ("mlp", ("tensor", "fsdp")),
