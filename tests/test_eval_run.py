@@ -199,3 +199,19 @@ def test_fps_sampling(mlvu_set):
     assert len(fps_indices(3000, 30.0, 1.0, cap=16)) == 16
     frames = read_frames(str(mlvu_set / "video" / "1_plotQA" / "v0.mp4"), 56, None, 0.5)  # 12 s at 1 fps
     assert frames.shape == (6, 56, 56, 3)
+
+
+def test_summary_groups_and_task_mean():
+    from vxl_jax.eval.results import summarize
+
+    recs = [{"id": str(i), "correct": c, "prediction": p, "groups": {"task": t, "duration": d},
+             "timing": {"item_s": s}}
+            for i, (c, p, t, d, s) in enumerate([(True, "A", "count", "short", 1.0), (False, None, "count", "long", 3.0),
+                                                  (True, "B", "ego", "long", 2.0)])]
+    s = summarize(recs, total=4)
+    assert s["accuracy"] == pytest.approx(2 / 3) and s["scored"] == 3 and s["complete"] is False
+    assert s["groups"]["task"]["count"] == {"accuracy": 0.5, "correct": 1, "total": 2}
+    assert s["groups"]["duration"]["long"]["accuracy"] == 0.5
+    assert s["task_mean"] == pytest.approx((0.5 + 1.0) / 2)  # MLVU's M-Avg: mean over tasks, not over questions
+    assert s["unparsed"] == 1
+    assert s["seconds_per_item"] == pytest.approx(2.0) and s["seconds_per_item_median"] == 2.0
