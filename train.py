@@ -8,6 +8,8 @@
 Sections ``train``/``data``/``checkpoint`` of the preset are described in vxl_jax/train/config.py.
 The run resumes from ``<workdir>/checkpoints`` when it exists, and exports the final model to
 ``<workdir>/export`` (a converted folder for ``infer.py --model``). SIGTERM checkpoints and exits.
+Multi-process (one command per host, see vxl_jax/distributed.py): add ``--coordinator host0:8476
+--num-processes N --process-id I`` (or set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
 A run that already reached ``train.steps`` trains nothing and keeps its export (raise ``train.steps``
 to continue it, or pass ``--re-export`` to write the export again from its last checkpoint).
 """
@@ -26,10 +28,19 @@ def main(argv=None) -> int:
     p.add_argument("--export", default=None, help="write the final model here (default: <workdir>/export)")
     p.add_argument("--re-export", action="store_true",
                    help="the run already finished: write its export again from the last checkpoint")
+    p.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                   help="multi-process run: process 0's address (every process the same; env JAX_COORDINATOR_ADDRESS)")
+    p.add_argument("--num-processes", type=int, default=None, help="multi-process run: number of processes "
+                                                                   "(env JAX_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=int, default=None, help="multi-process run: this process, 0..N-1 "
+                                                               "(env JAX_PROCESS_ID)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=50 runtime mesh: "
                                                 "model.runtime.mesh.fsdp=4")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from vxl_jax.distributed import set_environment
+
+    set_environment(args.coordinator, args.num_processes, args.process_id)  # read by the run's distributed start-up
     from vxl_jax.config import ConfigError
     from vxl_jax.train.loop import run
 

@@ -8,8 +8,9 @@ Per sample (static caps P = ``max_prefix``, S = ``max_suffix``, F = ``frames_upb
     prefix_ids/prefix_labels int32 [P], prefix_len int32, pixels uint8 [F, H, H, 3] (resized + center-cropped
     RGB frames, 0-padded; CLIP normalization happens on the device, in ``VideoXLModel.encode_frames``),
     num_frames int32 (0 = text only), suffix_ids/suffix_labels int32 [S], suffix_len int32.
-Reading order: ``grain.samplers.IndexSampler`` (shuffled per epoch from ``seed``, sharded over
-``jax.process_index()/process_count()``), repeated for ever (train) or once (eval).
+Reading order: :class:`GlobalOrderSampler` (shuffled per epoch from ``seed``), repeated for ever (train)
+or once (eval); each of ``jax.process_count()`` processes reads its rows of every global batch, and the
+global batches are the same for any number of processes.
 
 Bad records (missing/corrupt video or image, bad conversations, prefix longer than P) are
 logged with their id, counted in ``loader.skipped`` (reported as a metric) and skipped; a
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
+import sys
 
 import logging
 import os
@@ -27,8 +30,11 @@ import os
 import grain
 import numpy as np
 
-from vxl_jax.data.conversation import IGNORE_INDEX, RecordError, tokenize_conversation
+from vxl_jax.constants import DEFAULT_SYSTEM, IGNORE_INDEX
+from vxl_jax.data.conversation import RecordError, tokenize_conversation
 from vxl_jax.data.frames import load_image, load_training_video
+from vxl_jax.preprocess import resize_crop_frames
+from vxl_jax.tokenizer import build_tiny_tokenizer
 from vxl_jax.video import VideoError
 
 log = logging.getLogger(__name__)
@@ -49,13 +55,11 @@ class SampleSpec:
     video_folder: str = ""
     image_folder: str = ""
     tokenizer: str = "tiny"  # "tiny" (built-in) or a tokenizer folder for AutoTokenizer
-    system: str = "You are a helpful assistant."
+    system: str = DEFAULT_SYSTEM
 
 
 def load_tokenizer(name: str):
     if name == "tiny":
-        from vxl_jax.tokenizer import build_tiny_tokenizer
-
         return build_tiny_tokenizer()
     from transformers import AutoTokenizer
 
@@ -100,8 +104,6 @@ class ProcessRecord(grain.transforms.Map):
             pixels = np.zeros((s.frames_upbound, s.image_size, s.image_size, 3), np.uint8)
             n_frames = 0
             if frames is not None:
-                from vxl_jax.preprocess import resize_crop_frames
-
                 px = resize_crop_frames(frames[: s.frames_upbound], size=s.image_size)
                 n_frames = len(px)
                 pixels[:n_frames] = px
@@ -126,6 +128,72 @@ def shard_options():
                                        drop_remainder=True)
 
 
+class GlobalOrderSampler:
+    """Grain sampler whose global batches do not depend on the number of processes.
+
+    Records are read in one order (shuffled per epoch from ``seed``: ``default_rng([seed, epoch])``),
+    cut into global micro-batches of ``rows * processes`` records; process p reads rows
+    ``[p * rows, (p + 1) * rows)`` of each. Assembled with
+    ``jax.make_array_from_process_local_data`` (process p's rows after process p-1's), every global
+    batch is the one a single process reads, row for row, so N processes train exactly like one.
+    Grain's DataLoader hands process p the sampler indices ``p, p + N, p + 2N, ...``
+    (``shard_options``); :meth:`position` maps them onto that order.
+    """
+
+    def __init__(self, num_records: int, rows: int, processes: int = 1, shuffle: bool = True, seed: int = 0,
+                 num_epochs: int | None = None):
+        if num_records <= 0:
+            raise ValueError("no records to sample")
+        self.num_records, self.rows, self.processes = int(num_records), int(rows), int(processes)
+        self.block = self.rows * self.processes
+        self.shuffle, self.seed, self.num_epochs = shuffle, int(seed), num_epochs
+        self._max = None if num_epochs is None else int(num_epochs) * self.num_records
+        self._order = (None, None)  # (epoch, permutation) of the last epoch read
+
+    def __len__(self) -> int:
+        return sys.maxsize if self._max is None else self._max
+
+    def __repr__(self) -> str:  # grain checks it against a saved state: no process count in it
+        return (f"GlobalOrderSampler(num_records={self.num_records}, global_rows={self.block}, "
+                f"shuffle={self.shuffle}, seed={self.seed}, num_epochs={self.num_epochs})")
+
+    def position(self, index: int) -> int:
+        """Grain's sampler index (interleaved over processes) -> position in the single-process order."""
+        m, r = divmod(index, self.block)
+        if self._max is not None and (m + 1) * self.block > self._max:  # a last partial batch: plain interleave
+            return index
+        row, process = divmod(r, self.processes)
+        return m * self.block + process * self.rows + row
+
+    def record_key(self, position: int) -> int:
+        epoch, k = divmod(position, self.num_records)
+        if not self.shuffle:
+            return k
+        if self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_records))
+        return int(self._order[1][k])
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        if index < 0 or (self._max is not None and index >= self._max):
+            raise IndexError(f"sampler index {index} out of range")
+        return grain.RecordMetadata(index=index, record_key=self.record_key(self.position(index)))
+
+
+def _grain_state_at(fresh: dict, consumed: int, shard_index: int, shard_count: int) -> dict:
+    """A grain DataLoader iterator state (``fresh``: a new iterator's, for its format) of a process that has
+    drawn ``consumed`` items: grain records per worker the last *global* sampler index it read."""
+    state = dict(fresh)
+    workers = int(state["worker_count"])
+    if workers == 0:
+        state["last_seen_indices"] = {"0": shard_index - shard_count + consumed * shard_count}
+        return state
+    g = workers * shard_count
+    state["last_seen_indices"] = {str(w): shard_index - g + w * shard_count + (consumed - w + workers - 1) // workers * g
+                                  for w in range(workers)}
+    state["last_worker_index"] = (consumed - 1) % workers
+    return state
+
+
 class TrainLoader:
     """Iterator of steps ``{field: [accum, batch, ...]}`` over a Grain ``DataLoader``; resumable."""
 
@@ -140,16 +208,18 @@ class TrainLoader:
             from absl import flags
 
             flags.FLAGS.mark_as_parsed()
-        sampler = grain.samplers.IndexSampler(num_records=len(records), shard_options=shard_options(),
-                                              shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+        self._shard = shard_options()
+        sampler = GlobalOrderSampler(len(records), self.batch_size, self._shard.shard_count, shuffle=shuffle,
+                                     seed=seed, num_epochs=num_epochs)
         self._loader = grain.DataLoader(data_source=records, sampler=sampler, operations=[ProcessRecord(spec)],
-                                        worker_count=workers)
+                                        worker_count=workers, shard_options=self._shard)
         self._it = iter(self._loader)
-        self._seen_ok = 0
+        self._drawn = 0  # items drawn from grain by this process (skipped ones included)
 
     def _next_good(self):
         while True:
             item = next(self._it)  # StopIteration ends an eval pass
+            self._drawn += 1
             if item["_ok"]:
                 self.truncated += int(item["_truncated"])
                 return item
@@ -169,11 +239,26 @@ class TrainLoader:
         return out
 
     def get_state(self) -> dict:
-        """JSON-able state; taken between steps it resumes at the next step's first record."""
-        return {"grain": self._it.get_state().decode(), "skipped": self.skipped, "truncated": self.truncated}
+        """JSON-able state; taken between steps it resumes at the next step's first record.
+
+        ``position``: records of the global order consumed by all processes together (this process's
+        count times the process count: exact while no process skipped a bad record), so a checkpoint
+        resumes on any number of processes (the primary process's state is the one saved)."""
+        return {"grain": self._it.get_state().decode(), "skipped": self.skipped, "truncated": self.truncated,
+                "position": self._drawn * self._shard.shard_count}
 
     def set_state(self, state: dict) -> None:
-        self._it.set_state(state["grain"].encode())
+        if "position" in state:
+            position, count = int(state["position"]), self._shard.shard_count
+            if position % count:
+                log.warning("data position %d is not a multiple of %d processes: resuming at %d", position, count,
+                            position // count * count)
+            self._drawn = position // count
+            fresh = json.loads(self._it.get_state().decode())
+            grain_state = _grain_state_at(fresh, self._drawn, self._shard.shard_index, count)
+            self._it.set_state(json.dumps(grain_state).encode())
+        else:  # a state saved before positions were recorded
+            self._it.set_state(state["grain"].encode())
         self.skipped, self.truncated = int(state["skipped"]), int(state["truncated"])
 
 
