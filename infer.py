@@ -5,6 +5,9 @@
     python infer.py --question "What happens?"            # embedded tiny random model + sample video
     python infer.py --model DIR --video v.mp4 --question "Q1" --save-memory v.mem   # keep the compressed video
     python infer.py --model DIR --memory v.mem --question "Q2"                      # ask again, no re-encoding
+    python infer.py --model DIR --video hour.mp4 --fps 1 --question "Q"   # stream a long video, bounded memory
+    ffmpeg -i CAMERA -f rawvideo -pix_fmt rgb24 -s 336x336 cam.rgb &    # a live source (raw RGB24, growing)
+    python infer.py --model DIR --live cam.rgb --live-size 336x336       # questions on stdin, answered as it goes
 
 Only the answer goes to stdout; progress, notes, warnings and --stats go to stderr. Bad input (missing
 or unreadable video, a ratio that does not divide the window, a second <image> placeholder, a memory
@@ -51,11 +54,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", help="converted checkpoint folder (convert_weights.py); default: the embedded "
                                    "tiny random model (pipeline demo, random answers)")
     p.add_argument("--video", help="video file; default with the embedded model: a generated sample video")
-    p.add_argument("--question", required=True, help="the question about the video")
+    p.add_argument("--question", default=None, help="the question about the video (required except with --live, "
+                                                     "where questions are read from stdin, one per line)")
     p.add_argument("--system", default=None, help="system prompt (default: 'You are a helpful assistant.')")
     p.add_argument("--frames", type=int, default=None,
                    help=f"frames sampled uniformly from the video (default {DEFAULT_FRAMES}; "
                         f"{DEMO_FRAMES} with the embedded tiny model)")
+    p.add_argument("--fps", type=float, default=None,
+                   help="sample this many frames per second instead of --frames, streaming: frames are read and "
+                        "compressed a window at a time (memory independent of the video's length)")
+    p.add_argument("--live", metavar="PATH", default=None,
+                   help="live mode: read raw RGB24 frames (--live-size) from PATH (a pipe, FIFO or growing file), "
+                        "compress them as they come and answer each question typed on stdin about the video so far")
+    p.add_argument("--live-size", metavar="WxH", default=None, help="frame size of the --live stream, e.g. 336x336")
+    p.add_argument("--live-fps", type=float, default=None,
+                   help="frame rate of the --live stream; with --fps, every round(live_fps/fps)-th frame is kept")
+    p.add_argument("--live-idle", type=float, default=1.0,
+                   help="--live: seconds without new frames after which the video is taken as finished (default 1)")
     p.add_argument("--ratio", default="8",
                    help="visual-token compression ratio, a positive integer that divides the beacon window (1440): "
                         "2, 4, 8, 12, 16, ... (default 8); or a comma-separated list (e.g. 2,8) for the original's "
@@ -120,6 +135,18 @@ def parse_ratio(text) -> int | list[int]:
 
 def check_args(a: argparse.Namespace) -> None:
     a.ratio = parse_ratio(a.ratio)
+    if a.question is None and a.live is None:
+        raise UsageError("--question is required (except with --live, which reads questions from stdin)")
+    if a.fps is not None and a.frames is not None:
+        raise UsageError("give --frames (uniform sampling) or --fps (frames per second), not both")
+    if a.fps is not None and a.fps <= 0:
+        raise UsageError(f"--fps must be positive, got {a.fps}")
+    if a.live is not None:
+        if a.video or a.memory:
+            raise UsageError("--live reads its frames from the --live stream: no --video or --memory")
+        a.live_size = parse_size(a.live_size)
+        if a.live_fps is not None and a.live_fps <= 0:
+            raise UsageError(f"--live-fps must be positive, got {a.live_fps}")
     if a.frames is None:
         a.frames = DEMO_FRAMES if a.model is None else DEFAULT_FRAMES
     if a.frames < 1:
@@ -142,8 +169,16 @@ def check_args(a: argparse.Namespace) -> None:
         raise UsageError("give either --video or --memory, not both")
     if a.memory and not os.path.isfile(a.memory):
         raise UsageError(f"memory file not found: {a.memory}")
-    if a.model is not None and a.video is None and a.memory is None:
+    if a.model is not None and a.video is None and a.memory is None and a.live is None:
         raise UsageError("--video is required with --model (or --memory FILE from an earlier --save-memory)")
+
+
+def parse_size(text) -> tuple[int, int]:
+    """'336x336' -> (336, 336) (width, height)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
+    if not m or min(int(m[1]), int(m[2])) < 1:
+        raise UsageError(f"--live-size must be WIDTHxHEIGHT (e.g. 336x336), got {text!r}")
+    return int(m[1]), int(m[2])
 
 
 def sampling_kwargs(a: argparse.Namespace) -> dict:
@@ -348,11 +383,14 @@ def check_prompt_length(n_text: int, max_new: int, cfg) -> str | None:
 def run(a: argparse.Namespace, t_start: float | None = None) -> str:
     """Everything after argument parsing; streams the answer to stdout as it is generated and returns it.
     ``t_start``: when the command started (for ``wall_s``)."""
+    from vxl_jax.api import split_prompt
     from vxl_jax.prompt import (DEFAULT_SYSTEM, chat_prompt, check_prompt, check_question, suffix_ids,
                                 tokenizer_image_token)
 
     t_start = time.perf_counter() if t_start is None else t_start
     check_args(a)
+    if a.live is not None:
+        return run_live(a)
     question = check_question(a.question)
     prompt = check_prompt(chat_prompt(question, DEFAULT_SYSTEM if a.system is None else a.system))
     if a.model is None and not a.quiet:
@@ -367,8 +405,9 @@ def run(a: argparse.Namespace, t_start: float | None = None) -> str:
             a.video = sample_video_path()
             if not a.quiet:
                 log(f"no --video given: using a generated sample video (moving shapes): {a.video}")
-        pixels, info = read_frames(a, cfg, timings)
-        warn_last_window(cfg, info["num_frames"], a.ratio)
+        if a.fps is None:
+            pixels, info = read_frames(a, cfg, timings)
+            warn_last_window(cfg, info["num_frames"], a.ratio)
 
     enable_compile_cache(a.compile_cache)
     t = time.perf_counter()
@@ -381,7 +420,23 @@ def run(a: argparse.Namespace, t_start: float | None = None) -> str:
                **sampling_kwargs(a))
     max_new = a.max_new_tokens or int(vx.generation_config.get("max_new_tokens", 64))
 
-    if a.memory is not None:
+    if a.fps is not None:
+        with quiet_tokenizer_length_warning():
+            ids = tokenizer_image_token(prompt, vx.tokenizer)
+        warn_long_prompt(int((ids >= 0).sum()), max_new, cfg)
+        prefix, suffix = split_prompt(ids)
+        t = time.perf_counter()
+        session, info, ingest = stream_into_session(a, vx, prefix, timings)
+        if a.save_memory:
+            vx.save_memory(a.save_memory, session.video_memory())
+            if not a.quiet:
+                log(f"saved the compressed video memory to {a.save_memory}")
+        t = time.perf_counter()
+        out = session.generate(suffix, **gen)
+        prompt_stats = dict(vx.stats)  # the question over the video memory, plus the ingestion
+        prompt_stats.update({k: prompt_stats[k] + ingest[k] for k in ("compile_s", "run_s", "wall_s")},
+                            frames=info["num_frames"], visual_tokens=info["num_frames"] * cfg.beacon.tokens_per_frame)
+    elif a.memory is not None:
         mem = vx.load_memory(a.memory)
         with quiet_tokenizer_length_warning():
             text = suffix_ids(question, vx.tokenizer)
@@ -419,6 +474,132 @@ def run(a: argparse.Namespace, t_start: float | None = None) -> str:
         timings.update(prompt_s=prompt_stats["wall_s"], generate_s=generate_s, wall_s=time.perf_counter() - t_start)
         print_stats(cli_stats(prompt_stats, vx.stats, timings, info["num_frames"] if info is not None else None))
     return answer
+
+
+def stream_into_session(a: argparse.Namespace, vx, prefix, timings: dict):
+    """--fps: read the video a window of frames at a time into a session (progress bar over the known total)
+    -> (session, video info, ingestion stats {compile_s, run_s, wall_s}). ``timings['read_video_s']``: decoding."""
+    from tqdm.auto import tqdm
+
+    from vxl_jax.video import VideoStream
+
+    t0 = time.perf_counter()
+    stream = VideoStream(a.video, fps=a.fps, size=vx.cfg.vision.image_size, batch=vx.cfg.beacon.frames_per_window)
+    info = stream.info
+    if not a.quiet:
+        log(f"video: {a.video} ({info['total_frames']} frames, {info['fps']:.2f} fps, "
+            f"{info['width']}x{info['height']}); streaming {info['num_frames']} frames at {a.fps:g} fps")
+    warn_last_window(vx.cfg, info["num_frames"], a.ratio)
+    c0, r0 = vx.engine.compile_s, vx.engine.run_s
+    session = vx.session(prefix, ratio=a.ratio)
+    bar = tqdm(total=len(stream), desc="frames", unit="frame", disable=a.quiet, leave=False)
+    read_s, chunks = 0.0, iter(stream)
+    while True:
+        t = time.perf_counter()
+        chunk = next(chunks, None)
+        read_s += time.perf_counter() - t
+        if chunk is None:
+            break
+        session.add_frames(chunk)
+        bar.update(len(chunk))
+    bar.close()
+    timings["read_video_s"] = read_s
+    wall = time.perf_counter() - t0 - read_s
+    return session, info, {"compile_s": vx.engine.compile_s - c0, "run_s": vx.engine.run_s - r0, "wall_s": wall}
+
+
+def run_live(a: argparse.Namespace) -> str:
+    """--live: frames from a raw RGB24 stream are compressed as they arrive (a reader thread queues them);
+    each line on stdin is a question, answered on stdout about the video seen so far. Ends at the end of stdin."""
+    import queue
+    import threading
+
+    import numpy as np
+
+    from vxl_jax.api import split_prompt
+    from vxl_jax.prompt import DEFAULT_SYSTEM, chat_prompt, check_question, suffix_ids, tokenizer_image_token
+    from vxl_jax.video import read_raw_frames
+
+    if a.model is None and not a.quiet:
+        log(EMBEDDED_NOTE)
+    cfg = model_config(a)
+    check_ratio(cfg, a.ratio)
+    step = max(1, round(a.live_fps / a.fps)) if a.fps and a.live_fps else 1
+    width, height = a.live_size
+    frames_q: queue.Queue = queue.Queue()
+    questions_q: queue.Queue = queue.Queue()
+
+    def read_frames_thread():
+        try:
+            for i, frame in enumerate(read_raw_frames(a.live, width, height, follow=a.live_idle)):
+                if i % step == 0:
+                    frames_q.put(frame)
+        except OSError as e:
+            log(f"error: cannot read --live {a.live}: {e}")
+        frames_q.put(None)
+
+    def read_questions_thread():
+        for line in sys.stdin:
+            if line.strip():
+                questions_q.put(line.strip())
+        questions_q.put(None)
+
+    if a.question:
+        questions_q.put(a.question)
+    # the readers start first: frames that arrive while the model loads wait in the queue
+    threading.Thread(target=read_frames_thread, daemon=True).start()
+    threading.Thread(target=read_questions_thread, daemon=True).start()
+    enable_compile_cache(a.compile_cache)
+    vx = load_model(a)
+    if vx.tokenizer is None:
+        raise UsageError(f"{a.model} has no tokenizer files; convert the checkpoint with its tokenizer")
+    with quiet_tokenizer_length_warning():
+        ids = tokenizer_image_token(chat_prompt("?", DEFAULT_SYSTEM if a.system is None else a.system), vx.tokenizer)
+    prefix, _ = split_prompt(ids)  # the text before the video does not depend on the question
+    session = vx.session(prefix, ratio=a.ratio)
+    per = cfg.beacon.frames_per_window
+    gen = dict(max_new_tokens=a.max_new_tokens, seed=a.seed, progress=False, **sampling_kwargs(a))
+    pending, video_done, last = [], False, ""
+
+    def ingest(block: bool) -> None:
+        nonlocal video_done
+        while not video_done:
+            try:
+                frame = frames_q.get(timeout=0.05) if block else frames_q.get_nowait()
+            except queue.Empty:
+                break
+            if frame is None:
+                video_done = True
+            else:
+                pending.append(frame)
+            if len(pending) >= per:
+                session.add_frames(np.stack(pending))
+                pending.clear()
+
+    while True:
+        ingest(block=False)
+        try:
+            question = questions_q.get(timeout=0.05)
+        except queue.Empty:
+            ingest(block=True)
+            continue
+        if question is None:
+            break
+        if pending:
+            session.add_frames(np.stack(pending))
+            pending.clear()
+        try:
+            text = suffix_ids(check_question(question), vx.tokenizer)
+        except ValueError as e:
+            log(f"error: {e}")
+            continue
+        if not a.quiet:
+            log(f"[{session.frames} frames{', video finished' if video_done else ''}] {question}")
+        stream = AnswerStream(vx.tokenizer)
+        out = session.generate(text, stream=stream, **gen)
+        last = vx.tokenizer.decode([int(i) for i in out], skip_special_tokens=True).strip()
+        stream.finish(last)
+    return last
 
 
 @contextlib.contextmanager

@@ -246,3 +246,31 @@ def test_long_question_is_a_warning(first_run, work):
     r = infer("--memory", "clip.mem", "--question", question, "--max-new-tokens", 1, "--quiet", cwd=work)
     assert r.returncode == 0, r.stderr
     assert "warning: the prompt is 9" in r.stderr and "text tokens (over 2048" in r.stderr
+
+
+def test_fps_streams_the_video(work, expected_answer):
+    """--fps 24 on the 24-fps clip keeps every frame: the streamed (session) answer equals the API's."""
+    r = infer("--video", "clip.mp4", "--question", QUESTION, "--max-new-tokens", 4, "--fps", 24, "--stats", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == expected_answer + "\n"
+    assert "streaming 12 frames at 24 fps" in r.stderr
+    assert "frames: 12" in r.stderr and "visual_tokens: 1728" in r.stderr and "read_video_s" in r.stderr
+    bad = infer("--video", "clip.mp4", "--question", QUESTION, "--fps", 1, "--frames", 4, cwd=work)
+    assert bad.returncode == 2 and "not both" in bad.stderr
+
+
+def test_live_answers_questions_from_stdin(work, expected_answer):
+    """--live: raw RGB24 frames from a file, questions on stdin, one answer per question on stdout."""
+    from vxl_jax.video import load_video
+
+    frames, _ = load_video(work / "clip.mp4", 12)
+    (work / "clip.rgb").write_bytes(frames.tobytes())
+    cmd = [sys.executable, str(ROOT / "infer.py"), "--live", "clip.rgb", "--live-size", "160x96", "--max-new-tokens",
+           4, "--compile-cache", CACHE["dir"]]
+    r = subprocess.run(list(map(str, cmd)), cwd=work, input=f"{QUESTION}\n\n{QUESTION}\n", capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"{expected_answer}\n{expected_answer}\n"  # the blank line is no question
+    assert r.stderr.count("[12 frames") == 2
+    bad = infer("--live", "clip.rgb", "--live-size", "160", cwd=work)
+    assert bad.returncode == 2 and "WIDTHxHEIGHT" in bad.stderr
