@@ -11,7 +11,8 @@ import pytest
 
 from vxl_jax import sharding as sh
 from vxl_jax.model import attention, random_model
-from vxl_jax.model.pallas_attention import _Plan, pallas_attention
+from vxl_jax.model.pallas_attention import pallas_attention
+from vxl_jax.model.pallas_tiles import Plan
 
 # Small tiles: many query / key / memory tiles, a partial last memory tile (M = 70), causal skipping.
 BLOCKS = dict(block_q=16, block_k=16, block_mem=24)
@@ -140,15 +141,15 @@ def test_on_a_mesh_runs_per_shard():
 
 def test_plan_tiles():
     # a 7B prefill window: 1620 rows in 7 even query tiles of 232 (4 padding rows), keys in tiles of 256
-    p = _Plan(1440 + 180, 16384, 256, 256, 512)
+    p = Plan(1440 + 180, 16384, 256, 256, 512)
     assert (p.tq, p.nq, p.tq_pad, p.kb, p.nk, p.mb, p.n_mem) == (232, 7, 1624, 256, 7, 512, 32)
     assert [int(p.last_chunk_tile(i, True)) for i in range(p.nq)] == [0, 1, 2, 3, 4, 5, 6]
-    assert int(_Plan(1620, 1000, 256, 256, 512).last_chunk_tile(0, False)) == 6
+    assert int(Plan(1620, 1000, 256, 256, 512).last_chunk_tile(0, False)) == 6
     # decoding: one row padded to 8, long memory tiles
-    d = _Plan(1, 16384, 256, 256, 512)
+    d = Plan(1, 16384, 256, 256, 512)
     assert (d.tq, d.kb, d.mb, d.n_mem) == (8, 8, 2048, 8)
     with pytest.raises(ValueError, match="block_q"):
-        _Plan(10, 10, 12, 16, 16)
+        Plan(10, 10, 12, 16, 16)
 
 
 def test_sdpa_construction_equals_reference():

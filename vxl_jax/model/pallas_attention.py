@@ -1,22 +1,25 @@
 """Pallas attention kernel over ``[KV memory (dynamic length) || chunk]`` (the ``pallas`` backend).
 
-One kernel instance handles one (batch row b, KV head, query tile) and walks key tiles along the
-last grid axis: first the memory, ``mb`` slots a tile, then the chunk, ``kb`` keys a tile, merging
+One grid step handles one (batch row b, query tile, key tile), all heads: key tiles run along the
+last grid axis, first the memory, ``mb`` slots a tile, then the chunk, ``kb`` keys a tile, merging
 softmax statistics online (fp32). The memory length ``mem_len[b]`` and the stacked-memory layer
 index are scalar-prefetched: tiles at or past the length are neither fetched (their block index
 is clamped to the last needed one, so the pipeline issues no copy) nor computed, and chunk tiles
-wholly above the causal diagonal likewise. The memory is read in place, in its own layout
-``[(L,) B, M, KV, Dh]`` viewed as ``[L, B, M, KV * Dh]`` (a free reshape), so KV head ``k`` is the
-lane block ``k`` of width Dh. Queries of the ``G = H // KV`` heads sharing a KV head are one lane
-block of width ``G * Dh`` of ``q`` viewed as ``[B, T, H * Dh]``: no transposes on either side.
+wholly above the causal diagonal likewise. The memory is read in place: ``[(L,) B, M, KV, Dh]``
+viewed as ``[L, B, M * KV, Dh]`` (slot-major rows; the same bytes in TPU's tiled layout, so a
+bitcast, not a copy); each KV head's rows are strided loads of one tile, shared by its
+``G = H // KV`` query heads (lane blocks of ``q`` viewed as ``[B, T, H * Dh]``). Under
+:class:`vxl_jax.sharding.activation_sharding` the call runs per shard (``shard_map`` over the
+batch and KV-head axes).
 
 On TPU this compiles with Mosaic (Dh a multiple of 128, ``block_k`` a multiple of 128,
 ``block_q`` and ``block_mem`` multiples of 8; other head shapes take the blocked forward there); on
 every other platform it runs in Pallas interpret mode (for tests: correct but slow; on GPU use the
 ``cudnn`` backend). The choice is made when lowering, so ahead-of-time TPU compiles from a CPU
-host get the kernel. Gradients: a custom VJP
-whose backward is the blocked backward of :mod:`vxl_jax.model.blocked`, fed the kernel's output
-and log-sum-exp (no score matrix is kept).
+host get the kernel. Gradients: a custom VJP whose backward is three more Pallas kernels
+(:mod:`vxl_jax.model.pallas_attention_bwd`: dq, d memory, d chunk) recomputing scores from the
+forward's log-sum-exp (no score matrix is kept); where the forward takes the blocked path, so does
+the backward.
 
 Masking equals :func:`vxl_jax.model.blocked.blocked_attention`: memory slot j visible iff
 ``j < mem_len[b]``; chunk key t' iff ``valid[b, t']`` (and ``t' <= t`` when causal); a row that sees
@@ -34,69 +37,16 @@ from jax.experimental.pallas import tpu as pltpu
 
 from vxl_jax import sharding as sh
 from vxl_jax.model import blocked
+from vxl_jax.model.pallas_attention_bwd import backward as pallas_backward
+from vxl_jax.model.pallas_tiles import NEG, Plan, head_rows, pad_rows
 
 BLOCK_Q = 256  # query rows per tile (shrunk to fit the chunk; multiple of 8)
 BLOCK_K = 256  # chunk keys per tile (multiple of 128 on TPU)
 BLOCK_MEM = 512  # memory slots per tile for a full query tile (multiple of 8)
-BLOCK_MEM_MAX = 2048  # memory tiles grow as query tiles shrink (decoding), up to this
 ACC_BYTES = 4 << 20  # query tiles shrink so the fp32 accumulator [tq, H * Dh] stays within this (VMEM)
-_NEG = -1e30  # finite "minus infinity" for running maxima
 
 
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
-
-
-class _Plan:
-    """Static tile sizes and padded lengths for a chunk of T rows over a memory of M slots."""
-
-    def __init__(self, T: int, M: int, block_q: int, block_k: int, block_mem: int):
-        for name, b in (("block_q", block_q), ("block_k", block_k), ("block_mem", block_mem)):
-            if b <= 0 or b % 8:
-                raise ValueError(f"{name} must be a positive multiple of 8, got {b}")
-        t8 = _round_up(T, 8)
-        self.tq = min(_round_up(-(-T // -(-T // block_q)), 8), t8)  # even tiles, little padding
-        self.nq = -(-T // self.tq)
-        self.kb = min(block_k, t8)
-        self.nk = -(-T // self.kb)
-        self.tq_pad, self.tk_pad = self.nq * self.tq, self.nk * self.kb
-        mb = max(block_mem, min(BLOCK_MEM_MAX, block_mem * max(1, block_q // self.tq)))
-        self.mb = min(mb, M)
-        self.n_mem = -(-M // self.mb) if M else 0
-
-    def last_chunk_tile(self, i, causal: bool):
-        """Index of the last chunk key tile query tile i reads."""
-        if not causal:
-            return self.nk - 1
-        return jnp.minimum(self.nk - 1, jax.lax.div((i + 1) * self.tq - 1, self.kb))  # lax.div: no floor/sign on TPU
-
-
-def _head_rows(ref, kv: int, KV: int, n: int):
-    """Rows kv, kv + KV, ... (n of them) of a slot-major [n * KV, D] tile: KV head kv's keys or values.
-
-    Mosaic loads strided rows of 32-bit data only; a 16-bit tile is read as 32-bit words (TPU packs
-    rows 2r and 2r + 1 into one word, low and high half), keeping the half that holds head kv.
-    """
-    # unit block dims are kept (not squeezed: Mosaic bitcasts the whole ref) and sliced, not indexed
-    # (interpret mode gathers strided rows only under slices)
-    lead = (pl.ds(0, 1),) * (ref.ndim - 2)
-    unit = (0,) * (ref.ndim - 2)
-    if KV == 1:
-        return ref[...][unit]
-    bits = jnp.dtype(ref.dtype).itemsize * 8
-    if bits == 32:
-        return ref[(*lead, pl.ds(kv, n, stride=KV), slice(None))][unit]
-    if bits != 16 or KV % 2:
-        raise ValueError(f"pallas attention reads {ref.dtype} memory with an even number of KV heads, got {KV}")
-    words = ref.bitcast(jnp.uint32)[(*lead, pl.ds(kv // 2, n, stride=KV // 2), slice(None))][unit]
-    half = words << 16 if kv % 2 == 0 else words & jnp.uint32(0xFFFF0000)
-    as_f32 = pltpu.bitcast(half, jnp.float32)  # a bf16 in the high half of a word is that value in fp32
-    if ref.dtype == jnp.bfloat16:
-        return as_f32.astype(jnp.bfloat16)
-    return pltpu.bitcast((half >> 16 if kv % 2 else words & jnp.uint32(0xFFFF)).astype(jnp.uint16), ref.dtype)
-
-
-def _kernel(mem_len_ref, layer_ref, *refs, plan: _Plan, has_mem: bool, causal: bool, scale: float, KV: int,
+def _kernel(mem_len_ref, layer_ref, *refs, plan: Plan, has_mem: bool, causal: bool, scale: float, KV: int,
             G: int, D: int):
     if has_mem:
         q_ref, mk_ref, mv_ref, k_ref, v_ref, valid_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc = refs
@@ -107,7 +57,7 @@ def _kernel(mem_len_ref, layer_ref, *refs, plan: _Plan, has_mem: bool, causal: b
 
     @pl.when(j == 0)
     def _init():
-        m_sc[...] = jnp.full(m_sc.shape, _NEG, jnp.float32)
+        m_sc[...] = jnp.full(m_sc.shape, NEG, jnp.float32)
         l_sc[...] = jnp.zeros(l_sc.shape, jnp.float32)
         acc_sc[...] = jnp.zeros(acc_sc.shape, jnp.float32)
 
@@ -115,8 +65,8 @@ def _kernel(mem_len_ref, layer_ref, *refs, plan: _Plan, has_mem: bool, causal: b
         """Fold a key tile (refs [n * KV, D], slot-major: row s * KV + kv) visible where ok [tq, n] into
         the statistics of every head; key_ok [n, 1] zeroes values of keys that may hold anything."""
         for kv in range(KV):
-            k = _head_rows(k_tile, kv, KV, n).astype(q_ref.dtype)
-            v = _head_rows(v_tile, kv, KV, n).astype(q_ref.dtype)
+            k = head_rows(k_tile, kv, KV, n).astype(q_ref.dtype)
+            v = head_rows(v_tile, kv, KV, n).astype(q_ref.dtype)
             if key_ok is not None:
                 v = jnp.where(key_ok, v, 0)
             for g in range(G):
@@ -124,7 +74,7 @@ def _kernel(mem_len_ref, layer_ref, *refs, plan: _Plan, has_mem: bool, causal: b
                 lanes = slice(h * D, (h + 1) * D)
                 s = jax.lax.dot_general(q_ref[:, lanes], k, (((1,), (1,)), ((), ())),
                                         preferred_element_type=jnp.float32) * scale
-                s = jnp.where(ok, s, _NEG)
+                s = jnp.where(ok, s, NEG)
                 m_prev = m_sc[:, h:h + 1]
                 m_new = jnp.maximum(m_prev, jnp.max(s, axis=-1, keepdims=True))
                 p = jnp.where(ok, jnp.exp(s - m_new), 0.0)
@@ -164,10 +114,6 @@ def _kernel(mem_len_ref, layer_ref, *refs, plan: _Plan, has_mem: bool, causal: b
             lse_ref[:, h:h + 1] = jnp.where(l > 0, m_sc[:, h:h + 1] + jnp.log(safe), jnp.inf)
 
 
-def _pad_rows(x, n):
-    return x if x.shape[1] == n else jnp.pad(x, [(0, 0), (0, n - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
-
-
 def _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks, interpret):
     """-> (out [B, T, H, D] in q.dtype, lse fp32 [B, KV, G, T]) (lse as :mod:`blocked` keeps it).
 
@@ -178,7 +124,7 @@ def _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks
     args = (q, k, v, valid, mem_k, mem_v, mem_len, layer)
     if interpret is not None:
         return _kernel_forward(*args, causal, scale, blocks, interpret)
-    if tpu_supported(q.shape[-1], k.shape[2], k.dtype if mem_k is None else mem_k.dtype):
+    if tpu_supported(q.shape[-1], k.shape[2], _kv_dtype(k, mem_k)):
         tpu = functools.partial(_call_kernel, causal=causal, scale=scale, blocks=blocks, interpret=False)
     else:
         tpu = functools.partial(_call_blocked, causal=causal, scale=scale)
@@ -201,12 +147,11 @@ def _kernel_forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale,
     G = H // KV
     has_mem = mem_k is not None
     M = mem_k.shape[-3] if has_mem else 0
-    block_q, block_k, block_mem = blocks
-    plan = _Plan(T, M, min(block_q, max(8, ACC_BYTES // (H * D * 4) // 8 * 8)), block_k, block_mem)
-    q2 = _pad_rows(q.reshape(B, T, H * D), plan.tq_pad)
-    k2 = _pad_rows(k, plan.tk_pad).reshape(B, plan.tk_pad * KV, D)  # slot-major rows: t * KV + kv
-    v2 = _pad_rows(v, plan.tk_pad).reshape(B, plan.tk_pad * KV, D)
-    valid2 = _pad_rows(valid.astype(jnp.int32), plan.tk_pad)[:, None, :]  # [B, 1, Tk]: keys on lanes
+    plan = _plan(q, M, blocks)
+    q2 = pad_rows(q.reshape(B, T, H * D), plan.tq_pad)
+    k2 = pad_rows(k, plan.tk_pad).reshape(B, plan.tk_pad * KV, D)  # slot-major rows: t * KV + kv
+    v2 = pad_rows(v, plan.tk_pad).reshape(B, plan.tk_pad * KV, D)
+    valid2 = pad_rows(valid.astype(jnp.int32), plan.tk_pad)[:, None, :]  # [B, 1, Tk]: keys on lanes
     mem_len = jnp.zeros((B,), jnp.int32) if mem_len is None else mem_len.astype(jnp.int32)
     layer = jnp.zeros((1,), jnp.int32) if layer is None else jnp.reshape(layer, (1,)).astype(jnp.int32)
 
@@ -266,9 +211,41 @@ def _attention_fwd(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, 
 
 def _attention_bwd(causal, scale, blocks, interpret, res, dout):
     q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse = res
-    dq, dk, dv, dmk, dmv = blocked.backward(q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse, dout, causal,
-                                            scale)
+    args = (q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse, dout)
+    kernel = functools.partial(_kernel_backward, causal=causal, scale=scale, blocks=blocks)
+    if interpret is not None:
+        grads = kernel(*args, interpret=interpret)
+    else:  # as the forward: chosen when lowering
+        tpu = (functools.partial(kernel, interpret=False) if tpu_supported(q.shape[-1], k.shape[2], _kv_dtype(k, mem_k))
+               else functools.partial(_blocked_backward, causal=causal, scale=scale))
+        grads = jax.lax.platform_dependent(*args, tpu=tpu, default=functools.partial(kernel, interpret=True))
+    dq, dk, dv, dmk, dmv = grads
     return dq, dk, dv, None, dmk, dmv, None, None
+
+
+def _kernel_backward(q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse, dout, *, causal, scale, blocks,
+                     interpret):
+    B, T, H, _ = q.shape
+    plan = _plan(q, 0 if mem_k is None else mem_k.shape[-3], blocks)
+    lse_rows = jnp.transpose(lse, (0, 3, 1, 2)).reshape(B, T, H)  # blocked's [B, KV, G, T] -> [B, T, H]
+    return pallas_backward(q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse_rows, dout, causal=causal,
+                           scale=scale, plan=plan, interpret=interpret)
+
+
+def _blocked_backward(*args, causal, scale):
+    return blocked.backward(*args, causal, scale)
+
+
+def _plan(q, M: int, blocks) -> Plan:
+    """Tiles for q [B, T, H, Dh] over M memory slots; query tiles shrink to keep the fp32 accumulator
+    [tq, H * Dh] within ACC_BYTES."""
+    _, T, H, D = q.shape
+    block_q, block_k, block_mem = blocks
+    return Plan(T, M, min(block_q, max(8, ACC_BYTES // (H * D * 4) // 8 * 8)), block_k, block_mem)
+
+
+def _kv_dtype(k, mem_k):
+    return k.dtype if mem_k is None else mem_k.dtype
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
