@@ -2,12 +2,13 @@
 
 Needs the ``[tpu]`` extra (jax[tpu] + libtpu). 7B-like heads (28 query heads, 4 KV heads, head dim
 128) in bfloat16 over a 16k-slot memory: a prefill window (1440 + 180 rows, stacked memory read
-with a layer index), one decoding row, and the training form (forward + gradient; the backward is
-the blocked XLA backward); and a CLIP-shaped call (head dim 64: not tiled by the kernel, so the
-blocked path, 0 Mosaic kernels). The kernel-or-interpret choice is made when lowering, so this CPU
-host gets the TPU kernel. Prints what compiled, the compile time and ``memory_analysis()``.
+with a layer index), one decoding row, the training form (forward + gradient: four kernels), a
+CLIP-shaped call (head dim 64, not tiled by the kernel: the blocked path, no Mosaic kernel), and the
+prefill for 2 sequences on 8 chips (data 2 x tensor 4). The kernel-or-interpret choice is made when
+lowering, so this CPU host gets the TPU kernel. Prints the compile time, ``memory_analysis()`` per
+chip and the number of Mosaic kernels in the compiled HLO. Compiled, not run.
 
-    .venv-tpu/bin/python bench/pallas_tpu_compile.py [--topology v5p:2x2x2] [--only prefill,decode,grad]
+    .venv-tpu/bin/python bench/pallas_tpu_compile.py [--topology v5p:2x2x2] [--only prefill,decode,grad,clip,prefill_dp2_tp4]
 """
 
 from __future__ import annotations
