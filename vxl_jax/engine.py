@@ -12,25 +12,19 @@ import functools
 import time
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from vxl_jax import sharding as sh
+from vxl_jax.beacon.text import text_step
 from vxl_jax.beacon.windows import compress_windows
 from vxl_jax.decode import decode_chunk
-from vxl_jax.memory import KVMemory, append
+from vxl_jax.memory import KVMemory
 
 
 def _text_chunk(graphdef, state, mem: KVMemory, ids, n, *, kind: str):
     """ids [B, T] (first n[b] valid) after the memory -> (fp32 logits [B, T, V], memory with them appended)."""
     model = nnx.merge(graphdef, state)
-    rt = model.cfg.runtime
-    B, T = ids.shape
-    t = jnp.arange(T, dtype=jnp.int32)[None]
-    positions = mem.length[:, None] + t
-    hidden, k, v = model.lm(model.lm.embed_tokens(ids, model.compute_dtype), positions=positions, valid=t < n[:, None],
-                            mem_k=mem.k, mem_v=mem.v, mem_len=mem.length, attention=rt.attention)
-    mem = append(mem, k, v, n, theta=model.cfg.lm.rope_theta, kind=kind)
+    hidden, mem = text_step(model, mem, model.lm.embed_tokens(ids, model.compute_dtype), n, kind=kind)
     return model.lm.logits(hidden), mem
 
 

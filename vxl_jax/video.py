@@ -149,8 +149,6 @@ class VideoStream:
         for start in range(0, len(self.indices), self.batch):
             part = _decode(self._vr, self.indices[start:start + self.batch], self.path)
             if self.size is not None:
-                from vxl_jax.preprocess import resize_crop_frames
-
                 part = resize_crop_frames(part, self.size)
             yield part
 
@@ -177,8 +175,6 @@ def iter_frame_chunks(frames, batch: int = 16, size: int | None = None):
 def _chunk(frames: list, size: int | None) -> np.ndarray:
     out = np.stack(frames)
     if size is not None:
-        from vxl_jax.preprocess import resize_crop_frames
-
         out = resize_crop_frames(out, size)
     return out
 

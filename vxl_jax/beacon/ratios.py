@@ -25,6 +25,29 @@ DEFAULT_RATIO = 8
 ORIGINAL_RATIO_SEED = 42  # the original creates numpy default_rng(42) once per loaded model
 
 
+def check_ratio(beacon: BeaconConfig, ratio: int | Sequence[int] | None) -> int | tuple[int, ...]:
+    """``ratio`` checked against the window -> an int (fixed) or a non-empty tuple (step-random). None -> 8."""
+    ratio = DEFAULT_RATIO if ratio is None else ratio
+    if isinstance(ratio, (int, np.integer)):
+        beacon.check_ratio(int(ratio))
+        return int(ratio)
+    ratio = tuple(int(r) for r in ratio)
+    if not ratio:
+        raise ConfigError("ratio list is empty")
+    for r in ratio:
+        beacon.check_ratio(r)
+    return ratio
+
+
+def pick_ratio(candidates: Sequence[int], stride: int, window_index: int, rng: np.random.Generator) -> int:
+    """Step-random: the ratio of one window of ``stride`` visual tokens, ``rng.choice`` among the candidates
+    that divide it (the original's filter); ``rng`` advances by one draw."""
+    valid = [r for r in candidates if stride >= r and stride % r == 0]
+    if not valid:
+        raise ConfigError(f"no ratio in {list(candidates)} divides the {stride}-token window {window_index}")
+    return int(rng.choice(valid))
+
+
 def ratio_schedule(beacon: BeaconConfig, ratio: int | Sequence[int] | None, num_visual: int,
                    rng: np.random.Generator | None = None) -> tuple[tuple[int, ...], np.ndarray]:
     """-> (distinct ratios, ratio_idx [W] int32) for ``num_visual`` visual tokens.
@@ -32,23 +55,12 @@ def ratio_schedule(beacon: BeaconConfig, ratio: int | Sequence[int] | None, num_
     ``ratio``: an int (every window; default 8) or a list (step-random: needs ``rng``, which advances).
     """
     n_windows = beacon.num_windows(num_visual)
-    if ratio is None:
-        ratio = DEFAULT_RATIO
-    if isinstance(ratio, (int, np.integer)):
-        beacon.check_ratio(int(ratio))
-        return (int(ratio),), np.zeros(n_windows, np.int32)
-    candidates = [int(r) for r in ratio]
-    for r in candidates:
-        beacon.check_ratio(r)
+    ratio = check_ratio(beacon, ratio)
+    if isinstance(ratio, int):
+        return (ratio,), np.zeros(n_windows, np.int32)
     if rng is None:
         raise ValueError("a list of ratios (step-random mode) needs a numpy Generator")
-    picks = []
-    for w in range(n_windows):
-        stride = min(beacon.window, num_visual - w * beacon.window)
-        valid = [r for r in candidates if stride >= r and stride % r == 0]
-        if not valid:
-            raise ConfigError(f"no ratio in {candidates} divides the {stride}-token window {w}")
-        picks.append(int(rng.choice(valid)))
+    picks = [pick_ratio(ratio, min(beacon.window, num_visual - w * beacon.window), w, rng) for w in range(n_windows)]
     distinct = tuple(sorted(set(picks)))
     return distinct, np.array([distinct.index(r) for r in picks], np.int32)
 

@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from vxl_jax.beacon.lean import compress_windows_lean
+from vxl_jax.beacon.text import text_step
 from vxl_jax.beacon.windows import compress_windows, window_token_counts
 from vxl_jax.constants import IGNORE_INDEX
-from vxl_jax.memory import KVMemory, append
+from vxl_jax.memory import KVMemory
 from vxl_jax.sharding import constrain, constrain_memory
 
 
@@ -83,14 +84,12 @@ def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], kee
     k, v = constrain_memory(mem.k, mem.v)
     mem = mem.replace(k=k, v=v)
 
-    # Prefix: plain causal text, kept in full as the sink.
+    # Prefix: plain causal text (positions 0..P-1: the memory is empty), kept in full as the sink.
     t = jnp.arange(P, dtype=jnp.int32)[None]
-    hidden, k, v = lm(embed_tokens(lm, prefix_ids, dtype), positions=jnp.broadcast_to(t, (B, P)),
-                      valid=t < batch["prefix_len"][:, None], mem_k=mem.k, mem_v=mem.v, mem_len=mem.length,
-                      attention=rt.attention, remat=rt.remat, sliced_memory=True)
+    hidden, mem = text_step(model, mem, embed_tokens(lm, prefix_ids, dtype), batch["prefix_len"], kind="prefix",
+                            sliced_memory=True)
     loss, count = vocab_parallel_loss(lm, hidden, jnp.where(t < batch["prefix_len"][:, None],
                                                             batch["prefix_labels"], IGNORE_INDEX))
-    mem = append(mem, k, v, batch["prefix_len"], theta=cfg.lm.rope_theta, kind="prefix")
 
     # Video: one scan over windows; CLIP + projector + pool run inside each window step.
     if W:
@@ -110,9 +109,8 @@ def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], kee
 
     # Suffix: reads [prefix || beacons]; scored.
     t = jnp.arange(S, dtype=jnp.int32)[None]
-    hidden, _, _ = lm(embed_tokens(lm, suffix_ids, dtype), positions=mem.length[:, None] + t,
-                      valid=t < batch["suffix_len"][:, None], mem_k=mem.k, mem_v=mem.v, mem_len=mem.length,
-                      attention=rt.attention, remat=rt.remat, sliced_memory=True)
+    hidden, _ = text_step(model, mem, embed_tokens(lm, suffix_ids, dtype), batch["suffix_len"], kind=None,
+                          sliced_memory=True)
     s_loss, s_count = vocab_parallel_loss(lm, hidden, jnp.where(t < batch["suffix_len"][:, None],
                                                                 batch["suffix_labels"], IGNORE_INDEX))
     return loss + s_loss, count + s_count

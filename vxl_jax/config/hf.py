@@ -80,7 +80,19 @@ def from_hf_config(
     if vision is not None and not isinstance(vision, Mapping):
         with open(vision) as f:
             vision = json.load(f)
-    hf = dict(hf)
+    hf = _checked(dict(hf))
+    select_layer = int(hf.get("mm_vision_select_layer", -2))
+    select_feature = hf.get("mm_vision_select_feature", "patch")
+    vis = vision_from_hf(vision if vision is not None else CLIP_VIT_L14_336, select_layer, select_feature)
+    mm_hidden = int(hf.get("mm_hidden_size", vis.hidden_size))
+    projector = ProjectorConfig(in_features=mm_hidden, pool_stride=int(hf.get("mm_spatial_pool_stride", 2)))
+    return VideoXLConfig(vision=vis, projector=projector, lm=_lm_from_hf(hf), beacon=_beacon_from_hf(hf),
+                         runtime=runtime or RuntimeConfig())
+
+
+def _checked(hf: dict) -> dict:
+    """Refuse unknown fields and settings this port does not implement; -> hf with ``rope_theta`` filled in from
+    transformers-5 ``rope_parameters``."""
     model_type = hf.get("model_type")
     if model_type not in ("llava_qwen", "qwen2"):
         raise ConfigError(f"config.json model_type must be 'llava_qwen' or 'qwen2', got {model_type!r}")
@@ -105,12 +117,15 @@ def from_hf_config(
         raise ConfigError(f"config.json: mm_projector_type {hf['mm_projector_type']!r} is not supported")
     if hf.get("mm_spatial_pool_mode", "average") != "average":
         raise ConfigError(f"config.json: mm_spatial_pool_mode {hf['mm_spatial_pool_mode']!r} is not supported")
-
     head_dim = hf["hidden_size"] // hf["num_attention_heads"]
     if "head_dim" in hf and hf["head_dim"] not in (None, head_dim):
         raise ConfigError(f"config.json: head_dim {hf['head_dim']} != hidden_size/num_attention_heads {head_dim}")
+    return hf
+
+
+def _lm_from_hf(hf: dict) -> LMConfig:
     eos = hf.get("eos_token_id")
-    lm = LMConfig(
+    return LMConfig(
         vocab_size=int(hf["vocab_size"]), hidden_size=int(hf["hidden_size"]),
         intermediate_size=int(hf["intermediate_size"]), num_layers=int(hf["num_hidden_layers"]),
         num_heads=int(hf["num_attention_heads"]),
@@ -121,19 +136,12 @@ def from_hf_config(
         bos_token_id=hf.get("bos_token_id"), eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
         pad_token_id=hf.get("pad_token_id"),
     )
-    beacon_kwargs = {}
-    for hk, ours in _BEACON_KEYS.items():
-        if hk in hf:
-            v = hf[hk]
-            beacon_kwargs[ours] = tuple(v) if isinstance(v, list) else v
-    beacon = build(BeaconConfig, beacon_kwargs, "beacon")
 
-    select_layer = int(hf.get("mm_vision_select_layer", -2))
-    select_feature = hf.get("mm_vision_select_feature", "patch")
-    vis = vision_from_hf(vision if vision is not None else CLIP_VIT_L14_336, select_layer, select_feature)
-    mm_hidden = int(hf.get("mm_hidden_size", vis.hidden_size))
-    projector = ProjectorConfig(in_features=mm_hidden, pool_stride=int(hf.get("mm_spatial_pool_stride", 2)))
-    return VideoXLConfig(vision=vis, projector=projector, lm=lm, beacon=beacon, runtime=runtime or RuntimeConfig())
+
+def _beacon_from_hf(hf: dict) -> BeaconConfig:
+    kwargs = {ours: tuple(hf[hk]) if isinstance(hf[hk], list) else hf[hk]
+              for hk, ours in _BEACON_KEYS.items() if hk in hf}
+    return build(BeaconConfig, kwargs, "beacon")
 
 
 def to_hf_config(cfg: VideoXLConfig) -> dict:

@@ -29,13 +29,13 @@ from vxl_jax.convert.errors import ConversionError
 from vxl_jax.convert.folder import CONFIG_NAME, PARAMS_DIR, check_converted_folder, read_params
 from vxl_jax.convert.readers import FLOAT_DTYPES, Checkpoint
 from vxl_jax.convert.writers import SafetensorsWriter
+from vxl_jax.model.layers import DTYPES
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                    "added_tokens.json", "tokenizer.model", "chat_template.json", "chat_template.jinja",
                    "preprocessor_config.json")
 EXTRA_FILES = TOKENIZER_FILES + ("generation_config.json",)
-OUT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
-              "float16": np.dtype(np.float16)}
+OUT_DTYPES = {name: np.dtype(dt) for name, dt in DTYPES.items()}  # --dtype choices, numpy dtypes
 BLOCK_BYTES = 64 << 20  # unstacked tensors larger than this (embeddings, lm_head) go in row blocks
 SUMMARY_NAME = "conversion.json"
 
@@ -133,7 +133,7 @@ def _auto_dtype(ck: Checkpoint) -> str:
 
 def _block_rows(e: N.Entry, itemsize: int) -> int | None:
     """Rows per block for a big unstacked copy/linear tensor, else None (written whole)."""
-    if e.layer is not None or e.kind not in ("copy", "linear") or len(e.torch_shape) != 2:
+    if e.layer is not None or e.transform not in ("copy", "linear") or len(e.torch_shape) != 2:
         return None
     rows, cols = e.torch_shape
     if rows * cols * itemsize <= BLOCK_BYTES:
@@ -144,6 +144,17 @@ def _block_rows(e: N.Entry, itemsize: int) -> int | None:
 def plan(ck: Checkpoint, cfg: VideoXLConfig, init_beacon: bool, itemsize: int):
     """Validate names/shapes/dtypes; -> (tasks in read order, table, chunks by path). One error for all."""
     table = N.build_table(cfg)
+    canon, problems = _canonical_names(ck)
+    source_of, beacon_rows = _sources(table, canon, cfg, init_beacon)
+    problems += _source_problems(ck, table, source_of, beacon_rows)
+    if problems:
+        raise ConversionError(f"{ck.folder}: cannot convert:\n  " + "\n  ".join(problems))
+    shapes = N.param_shapes(cfg)
+    return _write_tasks(ck, shapes, table, source_of, beacon_rows, itemsize), table, _chunks(shapes, table, itemsize)
+
+
+def _canonical_names(ck: Checkpoint) -> tuple[dict[str, str], list[str]]:
+    """-> ({canonical released name: name as stored}, duplicate problems)."""
     canon: dict[str, str] = {}
     problems = []
     for name in ck.infos:
@@ -151,24 +162,43 @@ def plan(ck: Checkpoint, cfg: VideoXLConfig, init_beacon: bool, itemsize: int):
         if c in canon:
             problems.append(f"duplicate: {name!r} and {canon[c]!r} are the same parameter")
         canon[c] = name
+    return canon, problems
+
+
+def _is_beacon_embed(name: str) -> bool:
+    return name.endswith("beacon_embed_tokens.weight")
+
+
+def _sources(table, canon, cfg: VideoXLConfig, init_beacon: bool):
+    """-> ({table name: stored source tensor or None}, rows of the source for the beacon embedding or None).
+
+    Without beacon weights (a plain Qwen2 / LLaVA checkpoint) and ``init_beacon``, beacon q/k/v read q/k/v
+    and the beacon embedding reads the eos (or bos) row of ``embed_tokens`` (docs/algorithm.md §8)."""
     beacon_names = {n for n, e in table.items() if N.is_beacon(e)}
-    have_beacon = beacon_names & set(canon)
     source_of = {n: canon.get(n) for n in table}
-    beacon_rows: slice | None = None
-    if not have_beacon:
-        if not init_beacon:
-            raise ConversionError(
-                "the checkpoint has no beacon weights (model.beacon_embed_tokens.weight, "
-                "model.layers.*.self_attn.beacon_{q,k,v}_proj.*): it is a plain Qwen2/LLaVA checkpoint. "
-                "Pass --init-beacon to initialise them from q/k/v_proj and the eos embedding (docs/algorithm.md §8).")
-        eos = cfg.lm.eos_ids[0] if cfg.beacon.embed_init == "eos" else cfg.lm.bos_token_id
-        if eos is None or not 0 <= eos < cfg.lm.vocab_size:
-            raise ConversionError(f"--init-beacon needs a valid {cfg.beacon.embed_init} token id, got {eos}")
-        beacon_rows = slice(eos, eos + 1)
-        for n in beacon_names:
-            source_of[n] = canon.get(n.replace("beacon_embed_tokens", "embed_tokens").replace("beacon_", ""))
-    elif init_beacon:
-        raise ConversionError("--init-beacon given, but the checkpoint already has beacon weights")
+    if beacon_names & set(canon):
+        if init_beacon:
+            raise ConversionError("--init-beacon given, but the checkpoint already has beacon weights")
+        return source_of, None
+    if not init_beacon:
+        raise ConversionError(
+            "the checkpoint has no beacon weights (model.beacon_embed_tokens.weight, "
+            "model.layers.*.self_attn.beacon_{q,k,v}_proj.*): it is a plain Qwen2/LLaVA checkpoint. "
+            "Pass --init-beacon to initialise them from q/k/v_proj and the eos embedding (docs/algorithm.md §8).")
+    eos = cfg.lm.eos_ids[0] if cfg.beacon.embed_init == "eos" else cfg.lm.bos_token_id
+    if eos is None or not 0 <= eos < cfg.lm.vocab_size:
+        raise ConversionError(f"--init-beacon needs a valid {cfg.beacon.embed_init} token id, got {eos}")
+    for n in beacon_names:
+        source_of[n] = canon.get(n.replace("beacon_embed_tokens", "embed_tokens").replace("beacon_", ""))
+    return source_of, slice(eos, eos + 1)
+
+
+def _listed(what: str, items: list[str], sep: str = ", ") -> str:
+    return f"{len(items)} {what}: " + sep.join(items[:50]) + (" ..." if len(items) > 50 and sep == ", " else "")
+
+
+def _source_problems(ck: Checkpoint, table, source_of, beacon_rows) -> list[str]:
+    """Missing, unexpected, mis-shaped and non-float tensors, as problem lines."""
     missing = sorted(n for n, s in source_of.items() if s is None)
     used = {s for s in source_of.values() if s is not None}
     unexpected = sorted(n for n in ck.infos if n not in used)
@@ -179,50 +209,57 @@ def plan(ck: Checkpoint, cfg: VideoXLConfig, init_beacon: bool, itemsize: int):
         info = ck.infos[s]
         want = table[n].torch_shape
         got = info.shape
-        if n in beacon_names and beacon_rows is not None and n.endswith("beacon_embed_tokens.weight"):
+        if beacon_rows is not None and _is_beacon_embed(n):
             got = (1,) + tuple(got[1:])
         if tuple(got) != want:
             wrong.append(f"{s}: shape {list(info.shape)}, expected {list(want)}")
         if info.dtype not in FLOAT_DTYPES:
             wrong.append(f"{s}: dtype {info.dtype} is not a float type")
+    problems = []
     if missing:
-        problems.append(f"{len(missing)} missing tensor(s): " + ", ".join(missing[:50])
-                        + (" ..." if len(missing) > 50 else ""))
+        problems.append(_listed("missing tensor(s)", missing))
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s): " + ", ".join(unexpected[:50])
-                        + (" ..." if len(unexpected) > 50 else ""))
+        problems.append(_listed("unexpected tensor(s)", unexpected))
     if wrong:
-        problems.append(f"{len(wrong)} tensor(s) with the wrong shape or dtype: " + "; ".join(wrong[:50]))
-    if problems:
-        raise ConversionError(f"{ck.folder}: cannot convert:\n  " + "\n  ".join(problems))
+        problems.append(_listed("tensor(s) with the wrong shape or dtype", wrong, "; "))
+    return problems
 
-    tasks, chunks = [], {}
-    shapes = N.param_shapes(cfg)
+
+def _write_tasks(ck: Checkpoint, shapes, table, source_of, beacon_rows, itemsize: int) -> list[Task]:
+    """One task per stacked layer slice, whole tensor, beacon-embedding row, or row block of a big tensor;
+    sorted in the checkpoint's read order."""
+    tasks = []
     for n, e in table.items():
         full = shapes[e.path][0]
         src = source_of[n]
         if e.layer is not None:
             tasks.append(Task(src, e, None, (e.layer,)))
-            chunks[e.path] = (1,) + full[1:]
-            continue
-        if n.endswith("beacon_embed_tokens.weight") and beacon_rows is not None:
+        elif beacon_rows is not None and _is_beacon_embed(n):
             tasks.append(Task(src, e, beacon_rows, (slice(None),)))
-            chunks[e.path] = full
-            continue
-        br = _block_rows(e, itemsize)
-        if br is None:
+        elif (br := _block_rows(e, itemsize)) is None:
             tasks.append(Task(src, e, None, (slice(None),) * len(full)))
-            chunks[e.path] = full
-            continue
-        rows = e.torch_shape[0]
-        for a in range(0, rows, br):
-            sl = slice(a, min(rows, a + br))
-            idx = (sl, slice(None)) if e.kind == "copy" else (slice(None), sl)
-            tasks.append(Task(src, e, sl, idx))
-        chunks[e.path] = (br, full[1]) if e.kind == "copy" else (full[0], br)
+        else:
+            rows = e.torch_shape[0]
+            for a in range(0, rows, br):
+                sl = slice(a, min(rows, a + br))
+                tasks.append(Task(src, e, sl, (sl, slice(None)) if e.transform == "copy" else (slice(None), sl)))
     order = {n: i for i, n in enumerate(ck.order())}
     tasks.sort(key=lambda t: (order[t.src], t.rows.start if t.rows is not None else 0))
-    return tasks, table, chunks
+    return tasks
+
+
+def _chunks(shapes, table, itemsize: int) -> dict:
+    """Storage chunk shape per parameter path: one layer, the whole tensor, or one row block."""
+    chunks = {}
+    for e in table.values():
+        full = shapes[e.path][0]
+        if e.layer is not None:
+            chunks[e.path] = (1,) + full[1:]
+        elif (br := _block_rows(e, itemsize)) is None:
+            chunks[e.path] = full
+        else:
+            chunks[e.path] = (br, full[1]) if e.transform == "copy" else (full[0], br)
+    return chunks
 
 
 # ------------------------------------------------------------------------------------ torch -> ours
@@ -258,6 +295,42 @@ def _copy_extras(src: str, dst: str) -> list[str]:
     return copied
 
 
+def _write_params(ck: Checkpoint, tasks: list[Task], arrays, pshapes, out_dt, progress: bool) -> int:
+    """Run the tasks (grouped by source file, in on-disk order; each source block read once), then check every
+    parameter slice was written exactly once. -> bytes written."""
+    written: dict[tuple, int] = {}  # (path, index) -> times written
+    elements: dict[tuple, int] = {}  # path -> elements written
+    nbytes_out = 0
+    bar = tqdm(total=sum(_task_bytes(t, ck) for t in tasks), unit="B", unit_scale=True, desc="convert",
+               disable=not progress)
+    last_key, block, cur_file = None, None, None
+    for t in tasks:
+        if ck.infos[t.src].file != cur_file:
+            if cur_file is not None:
+                ck.release(cur_file)
+            cur_file = ck.infos[t.src].file
+        key = (t.src, None if t.rows is None else (t.rows.start, t.rows.stop))
+        if key != last_key:  # q/k/v feed two targets with --init-beacon: read once
+            block = None
+            block = ck.read(t.src, t.rows)
+            last_key = key
+        value = np.ascontiguousarray(N.to_ours(t.entry.transform, block, _target_shape(t, pshapes)), dtype=out_dt)
+        arrays[t.entry.path][t.index].write(value).result()
+        wkey = (t.entry.path, repr(t.index))
+        written[wkey] = written.get(wkey, 0) + 1
+        elements[t.entry.path] = elements.get(t.entry.path, 0) + value.size
+        nbytes_out += value.nbytes
+        bar.update(_task_bytes(t, ck))
+        del value
+    block = None
+    bar.close()
+    twice = [k for k, v in written.items() if v != 1]
+    assert not twice, f"parameter slices written more than once: {twice}"
+    for p, (s, _) in pshapes.items():
+        assert elements.get(p) == int(np.prod(s, dtype=np.int64)), f"{p}: not completely written"
+    return nbytes_out
+
+
 def convert(src: str, dst: str, dtype: str | None = None, vision_config: str | None = None,
             init_beacon: bool = False, progress: bool = True) -> dict:
     """Convert a released PyTorch checkpoint folder ``src`` into our folder ``dst``; returns the summary."""
@@ -280,36 +353,7 @@ def convert(src: str, dst: str, dtype: str | None = None, vision_config: str | N
     try:
         arrays = zarr_out.create(os.path.join(tmp, PARAMS_DIR),
                                  {p: (s, out_dt, chunks[p]) for p, (s, _) in pshapes.items()})
-        written: dict[tuple, int] = {}  # (path, index) -> times written
-        elements: dict[tuple, int] = {}  # path -> elements written
-        nbytes_out = 0
-        bar = tqdm(total=sum(_task_bytes(t, ck) for t in tasks), unit="B", unit_scale=True, desc="convert",
-                   disable=not progress)
-        last_key, block, cur_file = None, None, None
-        for t in tasks:  # grouped by source file, in on-disk order
-            if ck.infos[t.src].file != cur_file:
-                if cur_file is not None:
-                    ck.release(cur_file)
-                cur_file = ck.infos[t.src].file
-            key = (t.src, None if t.rows is None else (t.rows.start, t.rows.stop))
-            if key != last_key:  # q/k/v feed two targets with --init-beacon: read once
-                block = None
-                block = ck.read(t.src, t.rows)
-                last_key = key
-            value = np.ascontiguousarray(N.to_ours(t.entry.kind, block, _target_shape(t, pshapes)), dtype=out_dt)
-            arrays[t.entry.path][t.index].write(value).result()
-            wkey = (t.entry.path, repr(t.index))
-            written[wkey] = written.get(wkey, 0) + 1
-            elements[t.entry.path] = elements.get(t.entry.path, 0) + value.size
-            nbytes_out += value.nbytes
-            bar.update(_task_bytes(t, ck))
-            del value
-        block = None
-        bar.close()
-        twice = [k for k, v in written.items() if v != 1]
-        assert not twice, f"parameter slices written more than once: {twice}"
-        for p, (s, _) in pshapes.items():
-            assert elements.get(p) == int(np.prod(s, dtype=np.int64)), f"{p}: not completely written"
+        nbytes_out = _write_params(ck, tasks, arrays, pshapes, out_dt, progress)
         cfg.to_json(os.path.join(tmp, CONFIG_NAME))
         copied = _copy_extras(src, tmp)
         n_params = int(sum(int(np.prod(s, dtype=np.int64)) for s, _ in pshapes.values()))
@@ -385,11 +429,11 @@ def export_torch(src: str, dst: str, dtype: str | None = None, max_shard_bytes: 
                 e = table[name]
                 br = _block_rows(e, max(out_dt.itemsize, 4))
                 if br is None:
-                    w.write(name, N.to_torch(e.kind, get(e.path, e.layer)))
+                    w.write(name, N.to_torch(e.transform, get(e.path, e.layer)))
                 else:  # embeddings / lm_head: torch row blocks, never the whole matrix twice
                     rows = e.torch_shape[0]
                     blocks = (slice(a, min(rows, a + br)) for a in range(0, rows, br))
-                    w.write_parts(name, (N.to_torch(e.kind, get(e.path, None, (sl,) if e.kind == "copy"
+                    w.write_parts(name, (N.to_torch(e.transform, get(e.path, None, (sl,) if e.transform == "copy"
                                                                  else (slice(None), sl))) for sl in blocks))
                 weight_map[name] = fname
                 bar.update(1)

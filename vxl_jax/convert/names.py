@@ -44,67 +44,67 @@ class Entry:
     torch_name: str  # canonical released name
     path: tuple[str, ...]  # our pure-dict path, e.g. ("lm", "layers", "attn", "q", "kernel")
     layer: int | None  # index into the stacked axis, or None
-    kind: str  # transform, see module docstring
+    transform: str  # layout transform ("copy", "linear", "linear_heads", ...), see the module docstring
     ours_shape: tuple[int, ...]  # shape of our slice (without the layer axis)
 
     @property
     def torch_shape(self) -> tuple[int, ...]:
-        return torch_shape(self.kind, self.ours_shape)
+        return torch_shape(self.transform, self.ours_shape)
 
     @property
     def key(self) -> str:
         return "/".join(self.path) + ("" if self.layer is None else f"[{self.layer}]")
 
 
-def torch_shape(kind: str, s: tuple[int, ...]) -> tuple[int, ...]:
+def torch_shape(transform: str, s: tuple[int, ...]) -> tuple[int, ...]:
     """Shape of the torch tensor whose converted form has our shape ``s``."""
-    if kind == "copy":
+    if transform == "copy":
         return tuple(s)
-    if kind == "linear":
+    if transform == "linear":
         return (s[1], s[0])
-    if kind == "linear_heads":
+    if transform == "linear_heads":
         return (s[1] * s[2], s[0])
-    if kind == "bias_heads":
+    if transform == "bias_heads":
         return (s[0] * s[1],)
-    if kind == "out_heads":
+    if transform == "out_heads":
         return (s[2], s[0] * s[1])
-    if kind == "conv":
+    if transform == "conv":
         return (s[3], s[2], s[0], s[1])
-    raise ValueError(f"unknown transform {kind!r}")
+    raise ValueError(f"unknown transform {transform!r}")
 
 
-def to_ours(kind: str, t: np.ndarray, ours_shape: tuple[int, ...]) -> np.ndarray:
+def to_ours(transform: str, t: np.ndarray, ours_shape: tuple[int, ...]) -> np.ndarray:
     """torch-layout array -> our layout (a view where numpy allows it)."""
-    if kind == "copy":
+    if transform == "copy":
         return t
-    if kind == "linear":
+    if transform == "linear":
         return t.T
-    if kind == "linear_heads":
+    if transform == "linear_heads":
         return t.T.reshape(ours_shape)
-    if kind == "bias_heads":
+    if transform == "bias_heads":
         return t.reshape(ours_shape)
-    if kind == "out_heads":
+    if transform == "out_heads":
         return t.T.reshape(ours_shape)
-    if kind == "conv":
+    if transform == "conv":
         return t.transpose(2, 3, 1, 0)
-    raise ValueError(f"unknown transform {kind!r}")
+    raise ValueError(f"unknown transform {transform!r}")
 
 
-def to_torch(kind: str, a: np.ndarray) -> np.ndarray:
+def to_torch(transform: str, a: np.ndarray) -> np.ndarray:
     """Our layout -> torch layout (inverse of :func:`to_ours`)."""
-    if kind == "copy":
+    if transform == "copy":
         return a
-    if kind == "linear":
+    if transform == "linear":
         return a.T
-    if kind == "linear_heads":
+    if transform == "linear_heads":
         return a.reshape(a.shape[0], -1).T
-    if kind == "bias_heads":
+    if transform == "bias_heads":
         return a.reshape(-1)
-    if kind == "out_heads":
+    if transform == "out_heads":
         return a.reshape(-1, a.shape[-1]).T
-    if kind == "conv":
+    if transform == "conv":
         return a.transpose(3, 2, 0, 1)
-    raise ValueError(f"unknown transform {kind!r}")
+    raise ValueError(f"unknown transform {transform!r}")
 
 
 def canonical_name(name: str) -> str:
@@ -121,7 +121,7 @@ def canonical_name(name: str) -> str:
     return name
 
 
-# (torch suffix, our sub-path, kind) for one layer / one module.
+# (torch suffix, our sub-path, transform) for one layer / one module.
 _LM_LAYER = [
     ("input_layernorm.weight", ("input_norm", "scale"), "copy"),
     ("post_attention_layernorm.weight", ("post_attn_norm", "scale"), "copy"),
@@ -189,20 +189,20 @@ def build_table(cfg, shapes: dict | None = None) -> dict[str, Entry]:
     shapes = shapes if shapes is not None else param_shapes(cfg)
     table: dict[str, Entry] = {}
 
-    def add(name, path, kind, layer=None):
+    def add(name, path, transform, layer=None):
         full = shapes[path][0]
-        table[name] = Entry(name, path, layer, kind, full if layer is None else full[1:])
+        table[name] = Entry(name, path, layer, transform, full if layer is None else full[1:])
 
-    for name, path, kind in _LM_TOP:
-        add(name, path, kind)
+    for name, path, transform in _LM_TOP:
+        add(name, path, transform)
     for i in range(cfg.lm.num_layers):
-        for suffix, sub, kind in _LM_LAYER:
-            add(f"model.layers.{i}.{suffix}", ("lm", "layers", *sub), kind, i)
-    for suffix, path, kind in _VIS_TOP:
-        add(VISION_PREFIX + suffix, path, kind)
+        for suffix, sub, transform in _LM_LAYER:
+            add(f"model.layers.{i}.{suffix}", ("lm", "layers", *sub), transform, i)
+    for suffix, path, transform in _VIS_TOP:
+        add(VISION_PREFIX + suffix, path, transform)
     for j in range(cfg.vision.num_layers):
-        for suffix, sub, kind in _VIS_LAYER:
-            add(f"{VISION_PREFIX}encoder.layers.{j}.{suffix}", ("vision", "layers", *sub), kind, j)
+        for suffix, sub, transform in _VIS_LAYER:
+            add(f"{VISION_PREFIX}encoder.layers.{j}.{suffix}", ("vision", "layers", *sub), transform, j)
     covered = {e.path for e in table.values()}
     assert covered == set(shapes), f"name table does not cover the parameter tree: {covered ^ set(shapes)}"
     return table
@@ -260,7 +260,7 @@ def load_torch_into(model, tensors: dict, strict: bool = True):
     flat = {p: np.array(v) for p, v in flatten(nnx.to_pure_dict(state)).items()}
     for c, t in canon.items():
         e = table[c]
-        v = to_ours(e.kind, t, e.ours_shape)
+        v = to_ours(e.transform, t, e.ours_shape)
         if e.layer is None:
             flat[e.path][...] = v
         else:

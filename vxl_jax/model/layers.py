@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from vxl_jax.config import DTYPES as DTYPE_NAMES
+
+DTYPES = {name: getattr(jnp, name) for name in DTYPE_NAMES}  # config name -> jnp dtype (the one table)
 
 
 def dtype_of(name: str):

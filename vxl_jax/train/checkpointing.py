@@ -1,4 +1,6 @@
-"""Orbax checkpoints of the train state + data-iterator state; restore onto any mesh.
+"""Train-state checkpoints of a training run (params, optimizer, step, RNG + data-iterator state), with Orbax;
+restore onto any mesh. (The model a run exports, and ``infer.py --model`` loads, is a converted folder:
+:mod:`vxl_jax.convert.folder`.)
 
 Each step directory holds ``state`` (params, frozen params, optimizer state, step, RNG key;
 StandardSave) and ``data`` (the loader's JSON state). Restoring uses ShapeDtypeStructs that
