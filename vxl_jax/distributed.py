@@ -103,3 +103,24 @@ def describe() -> str:
     """One line, e.g. ``process 0 of 2: 4 local / 8 global cpu devices``."""
     return (f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local / "
             f"{jax.device_count()} global {jax.devices()[0].platform} devices")
+
+
+def process_rows(sharding, global_shape, axis: int = 0) -> int:
+    """How many distinct indices along ``axis`` of an array ``global_shape`` placed with ``sharding`` live on
+    this process's devices (what ``jax.make_array_from_process_local_data`` expects it to load)."""
+    rows: set[int] = set()
+    for index in sharding.addressable_devices_indices_map(tuple(global_shape)).values():
+        rows.update(range(*index[axis].indices(global_shape[axis])))
+    return len(rows)
+
+
+def check_process_batch(sharding, global_shape, local_rows: int, axis: int = 1) -> None:
+    """Raise a ValueError naming the fix when this process's ``local_rows`` are not the rows the batch
+    sharding puts on its devices (e.g. a batch not split over the processes, or split unevenly)."""
+    want = process_rows(sharding, global_shape, axis)
+    if local_rows not in (want, global_shape[axis]):
+        sizes = " ".join(f"{k}={v}" for k, v in sharding.mesh.shape.items())
+        raise ValueError(
+            f"process {jax.process_index()} of {jax.process_count()} loads {local_rows} of the {global_shape[axis]} "
+            f"batch rows, but the mesh ({sizes}) places {want} rows on its devices: make train.batch_size a "
+            f"multiple of data x fsdp that splits evenly over the processes")

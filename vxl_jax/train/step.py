@@ -27,6 +27,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vxl_jax import sharding as sh
+from vxl_jax.distributed import check_process_batch
 from vxl_jax.beacon.ratios import draw_ratio_idx
 from vxl_jax.beacon.train import windowed_loss
 from vxl_jax.config import VideoXLConfig
@@ -185,6 +186,9 @@ def to_global(batch: dict, mesh, global_batch: int, rules="fsdp") -> dict:
     """Process-local numpy step ``[accum, b_local, ...]`` -> global jax arrays ``[accum, B, ...]``."""
     shapes = {k: (v.shape[0], global_batch) + v.shape[2:] for k, v in batch.items()}
     shard = batch_shardings(mesh, {k: _Shape(s) for k, s in shapes.items()}, rules)
+    if jax.process_count() > 1:
+        key = next(iter(batch))
+        check_process_batch(shard[key], shapes[key], batch[key].shape[1])
     return {k: jax.make_array_from_process_local_data(shard[k], np.asarray(v), shapes[k]) for k, v in batch.items()}
 
 
