@@ -120,7 +120,7 @@ def main(argv=None) -> None:
     timings = {}
     for name, fn in (("one by one", one_by_one), ("batched", batched)):
         t = time.perf_counter()
-        first = fn()
+        fn()
         cold = time.perf_counter() - t
         t = time.perf_counter()
         out = fn()

@@ -12,8 +12,6 @@ as uint8 and normalized there; :func:`vxl_jax.preprocess.resize_crop_frames` out
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 from typing import Any, Sequence
 
@@ -23,67 +21,25 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vxl_jax.batched import generate_batch, is_batch
-from vxl_jax.config import ConfigError, VideoXLConfig
+from vxl_jax.beacon.ratios import DEFAULT_RATIO, ratio_schedule  # noqa: F401 (DEFAULT_RATIO re-exported)
+from vxl_jax.config import VideoXLConfig
+from vxl_jax.constants import IMAGE_TOKEN_INDEX
 from vxl_jax.decode import stop_mask
 from vxl_jax.engine import Engine
 from vxl_jax.memory import KVMemory
 from vxl_jax.model import VideoXLModel
 from vxl_jax.model.layers import dtype_of
 from vxl_jax.sampling import SamplingParams, seen_mask
+from vxl_jax.results import FRAME_CALL_WINDOWS as _FRAME_CALL_WINDOWS
+from vxl_jax.results import SLOT_BUCKET as _SLOT_BUCKET
+from vxl_jax.results import TEXT_BUCKET as _TEXT_BUCKET
+from vxl_jax.results import PrefillResult, VideoMemory, ensure_capacity, split_prompt
+from vxl_jax.results import chunk_sizes as _chunk_sizes
+from vxl_jax.results import round_up as _round_up
+from vxl_jax.session import Session, load, start
 from vxl_jax.sharding import INFERENCE_PRESET, inference_mesh, shard_model
 
-IMAGE_TOKEN_INDEX = -200
-DEFAULT_RATIO = 8
-_SLOT_BUCKET = 256  # memory capacity and prompt lengths are rounded up to limit recompilation
-_TEXT_BUCKET = 16
-_FRAME_CALL_WINDOWS = 2  # windows of frames per scan call: bounds the frames staged on the host/device at once
 DECODE_CHUNK = 16  # tokens per compiled decode call (the streaming granularity)
-
-
-@dataclasses.dataclass
-class VideoMemory:
-    """The reusable compressed memory of one video: ``[prefix || beacons]`` plus what produced it."""
-
-    kv: KVMemory
-    prompt_ids: np.ndarray  # text ids before the video (the repetition penalty sees them too)
-    frames: int = 0
-    visual_tokens: int = 0
-
-    @property
-    def sizes(self) -> dict:
-        return self.kv.host_sizes()
-
-
-@dataclasses.dataclass
-class PrefillResult:
-    logits: np.ndarray  # float32 [S, vocab]: the S text tokens after the video (every token if text-only)
-    memory: KVMemory  # after the whole prompt: [prefix || beacons || text]
-    video_memory: VideoMemory | None = None  # after the visual span only: reuse it for new questions
-    ratios: tuple[int, ...] = ()  # the ratio used for each window
-
-    @property
-    def sizes(self) -> dict:
-        return self.memory.host_sizes()
-
-
-def _round_up(n: int, m: int) -> int:
-    return max(m, -(-n // m) * m)
-
-
-def split_prompt(input_ids) -> tuple[np.ndarray, np.ndarray | None]:
-    """1-D ids -> (prefix, suffix) around the single -200 placeholder, or (ids, None) if there is none."""
-    ids = np.asarray(input_ids)
-    if ids.ndim != 1:
-        raise ValueError(f"input_ids must be 1-D token ids, got shape {ids.shape}")
-    where = np.flatnonzero(ids == IMAGE_TOKEN_INDEX)
-    if len(where) > 1:
-        raise ValueError(f"input_ids contain {len(where)} video placeholders (-200); exactly one is supported")
-    if np.any((ids < 0) & (ids != IMAGE_TOKEN_INDEX)):
-        raise ValueError("input_ids contain negative ids other than the -200 placeholder")
-    if not len(where):
-        return ids.astype(np.int32), None
-    p = int(where[0])
-    return ids[:p].astype(np.int32), ids[p + 1:].astype(np.int32)
 
 
 class VideoXL:
@@ -162,26 +118,9 @@ class VideoXL:
         return jnp.asarray(rows.reshape(windows, 1, per_window, *rows.shape[1:]), dtype)
 
     def _ratio_schedule(self, ratio, num_visual: int) -> tuple[tuple[int, ...], np.ndarray]:
-        """-> (distinct ratios, per-window index). ``ratio``: int, or a list for step-random mode."""
-        window = self.cfg.beacon.window
-        n_windows = math.ceil(num_visual / window)
-        if ratio is None:
-            ratio = DEFAULT_RATIO
-        if isinstance(ratio, (int, np.integer)):
-            self.cfg.beacon.check_ratio(int(ratio))
-            return (int(ratio),), np.zeros(n_windows, np.int32)
-        candidates = [int(r) for r in ratio]
-        for r in candidates:
-            self.cfg.beacon.check_ratio(r)
-        picks = []
-        for w in range(n_windows):
-            stride = min(window, num_visual - w * window)
-            valid = [r for r in candidates if stride >= r and stride % r == 0]
-            if not valid:
-                raise ConfigError(f"no ratio in {candidates} divides the {stride}-token window {w}")
-            picks.append(int(self.ratio_rng.choice(valid)))
-        distinct = tuple(sorted(set(picks)))
-        return distinct, np.array([distinct.index(r) for r in picks], np.int32)
+        """-> (distinct ratios, per-window index) (:func:`vxl_jax.beacon.ratios.ratio_schedule`); a list of ratios
+        (step-random mode) draws from ``self.ratio_rng``."""
+        return ratio_schedule(self.cfg.beacon, ratio, num_visual, self.ratio_rng)
 
     def _empty_memory(self, slots: int) -> KVMemory:
         lm = self.cfg.lm
@@ -432,14 +371,10 @@ class VideoXL:
         """A :class:`vxl_jax.session.Session`: frames added a few at a time (``s.add_frames``), questions at any
         point (``s.prefill`` / ``s.generate``), ``s.save``. ``prefix_ids``: the token ids before the video.
         ``ratio``: as :meth:`prefill`; a list draws per window from the session's own ``default_rng(seed)``."""
-        from vxl_jax.session import Session, start
-
         return Session(self, start(self, prefix_ids, ratio, seed))
 
     def load_session(self, path, ratio: int | Sequence[int] | None = None):
         """A session saved by ``Session.save`` (or one continuing a memory saved by :meth:`save_memory`)."""
-        from vxl_jax.session import Session, load
-
         return Session(self, load(self, path, ratio))
 
     # ------------------------------------------------------------------ memory persistence
@@ -472,26 +407,6 @@ class VideoXL:
         kv, extra = load_memory(path, self.cfg, dtype=self._dtype, fingerprint=self.fingerprint())
         return VideoMemory(kv, np.asarray(extra.get("prompt_ids", []), np.int32), int(extra.get("frames", 0)),
                            int(extra.get("visual_tokens", 0)))
-
-
-def _chunk_sizes(n: int, largest: int = 8) -> list[int]:
-    """Split n windows into scan calls of sizes 8, 4, 2, 1 (few compilations, no padded windows)."""
-    sizes, size = [], largest
-    while n:
-        while size > n:
-            size //= 2
-        sizes.append(size)
-        n -= size
-    return sizes
-
-
-def ensure_capacity(mem: KVMemory, slots: int) -> KVMemory:
-    """Grow the memory buffer (zero slots at the end) so that it holds at least ``slots`` entries."""
-    if mem.capacity >= slots:
-        return mem
-    extra = _round_up(slots, _SLOT_BUCKET) - mem.capacity
-    pad = [(0, 0), (0, 0), (0, extra), (0, 0), (0, 0)]
-    return mem.replace(k=jnp.pad(mem.k, pad), v=jnp.pad(mem.v, pad))
 
 
 def _peak_memory_bytes() -> int:

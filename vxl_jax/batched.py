@@ -19,7 +19,11 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from vxl_jax.beacon.ratios import DEFAULT_RATIO
+from vxl_jax.constants import IMAGE_TOKEN_INDEX
 from vxl_jax.memory import KVMemory
+from vxl_jax.preprocess import resize_crop_frames
+from vxl_jax.results import FRAME_CALL_WINDOWS, TEXT_BUCKET, VideoMemory, chunk_sizes, round_up, split_prompt
 
 
 def is_batch(input_ids) -> bool:
@@ -49,9 +53,6 @@ def stack_rows(mems: list[KVMemory], capacity: int) -> KVMemory:
 def encode_videos(vx, prefixes: list[np.ndarray], pixels: list, ratio, capacity: int) -> KVMemory:
     """U prompts' ``prefix || video`` compressed together -> memory [L, U, capacity]. ``ratio``: one int for
     every window of every row. ``pixels[u]`` None: the row holds only its prefix (text-only prompt)."""
-    from vxl_jax.api import _FRAME_CALL_WINDOWS, _TEXT_BUCKET, _chunk_sizes, _round_up
-    from vxl_jax.preprocess import resize_crop_frames
-
     b = vx.cfg.beacon
     U = len(prefixes)
     rows = []
@@ -68,7 +69,7 @@ def encode_videos(vx, prefixes: list[np.ndarray], pixels: list, ratio, capacity:
     mem = KVMemory.empty(lm.num_layers, U, capacity, lm.num_kv_heads, lm.head_dim, vx._dtype)
     longest = max(len(p) for p in prefixes)
     if longest:
-        ids = np.zeros((U, _round_up(longest, _TEXT_BUCKET)), np.int32)
+        ids = np.zeros((U, round_up(longest, TEXT_BUCKET)), np.int32)
         for u, p in enumerate(prefixes):
             ids[u, :len(p)] = p
         _, mem = vx.engine.text(mem, jnp.asarray(ids), jnp.asarray([len(p) for p in prefixes], jnp.int32),
@@ -81,7 +82,7 @@ def encode_videos(vx, prefixes: list[np.ndarray], pixels: list, ratio, capacity:
     n_windows = int(math.ceil(num_visual.max() / b.window))
     counts = np.clip(num_visual[None, :] - np.arange(n_windows)[:, None] * b.window, 0, b.window).astype(np.int32)
     start = 0
-    for size in _chunk_sizes(n_windows, _FRAME_CALL_WINDOWS):
+    for size in chunk_sizes(n_windows, FRAME_CALL_WINDOWS):
         block = np.zeros((size, U, per, *frame_shape), dtype)
         for u, r in enumerate(rows):
             if r is None:
@@ -105,8 +106,6 @@ def generate_batch(vx, input_ids, pixel_values=None, ratio=None, *, max_new: int
     B suffixes (the text after the video). pixel_values: None or B entries (None: no video). memory: one
     ``VideoMemory`` / ``KVMemory`` shared by every row, or B of them. seed: an int (every row), or B ints.
     """
-    from vxl_jax.api import _TEXT_BUCKET, DEFAULT_RATIO, IMAGE_TOKEN_INDEX, VideoMemory, _round_up, split_prompt
-
     B = len(input_ids)
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [int(seed)] * B
     if len(seeds) != B:
@@ -133,7 +132,7 @@ def generate_batch(vx, input_ids, pixel_values=None, ratio=None, *, max_new: int
             if kv.k.shape[1] != 1:
                 raise ValueError(f"each memory must hold one prompt (batch 1), got batch {kv.k.shape[1]}")
         longest = max(int(np.asarray(kvs[r].length)[0]) + len(t) for r, t in zip(rows, texts))
-        capacity = _round_up(longest + max_new + _TEXT_BUCKET, 256)
+        capacity = round_up(longest + max_new + TEXT_BUCKET, 256)
         base = stack_rows([kvs[u] for u in range(len(kvs))], capacity)
     else:
         pixels = list(pixel_values) if pixel_values is not None else [None] * B
@@ -165,13 +164,13 @@ def generate_batch(vx, input_ids, pixel_values=None, ratio=None, *, max_new: int
         frames = [0 if v is None else vx._pixels(v, keep_uint8=True).shape[0] for v in videos]
         beacons = [math.ceil(f * b.tokens_per_frame / b.window) * (b.window // ratio) for f in frames]
         longest = max(len(prefixes[r]) + beacons[r] + len(t) for r, t in zip(rows, texts))
-        capacity = _round_up(longest + max_new + 2 * _TEXT_BUCKET, 256)
+        capacity = round_up(longest + max_new + 2 * TEXT_BUCKET, 256)
         base = encode_videos(vx, prefixes, videos, ratio, capacity)
     # one memory row per prompt (a shared video memory is gathered, not re-encoded)
     idx = jnp.asarray(rows, jnp.int32)
     mem = KVMemory(base.k[:, idx], base.v[:, idx], base.length[idx], base.n_prefix[idx], base.n_beacons[idx],
                    base.n_text[idx])
-    T = _round_up(max(len(t) for t in texts), _TEXT_BUCKET)
+    T = round_up(max(len(t) for t in texts), TEXT_BUCKET)
     ids = np.zeros((B, T), np.int32)
     for i, t in enumerate(texts):
         if not len(t):

@@ -33,11 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vxl_jax.config import ConfigError
+from vxl_jax.beacon.ratios import ORIGINAL_RATIO_SEED, check_ratio, pick_ratio
 from vxl_jax.memory import KVMemory
 from vxl_jax.memory_io import FORMAT, _geometry, load_memory
+from vxl_jax.preprocess import resize_crop_frames
+from vxl_jax.results import TEXT_BUCKET, PrefillResult, VideoMemory, ensure_capacity
 
-DEFAULT_SEED = 42  # the original's step-random generator: numpy default_rng(42)
+DEFAULT_SEED = ORIGINAL_RATIO_SEED  # the original's step-random generator: numpy default_rng(42)
 _FRAME_CALL_WINDOWS = 2  # complete windows per compiled window call
 
 
@@ -70,33 +72,16 @@ class SessionState:
 # ---------------------------------------------------------------------------- pure steps
 
 
-def _check_ratio(vx, ratio) -> int | tuple[int, ...]:
-    from vxl_jax.api import DEFAULT_RATIO
-
-    ratio = DEFAULT_RATIO if ratio is None else ratio
-    if isinstance(ratio, (int, np.integer)):
-        vx.cfg.beacon.check_ratio(int(ratio))
-        return int(ratio)
-    ratio = tuple(int(r) for r in ratio)
-    if not ratio:
-        raise ConfigError("ratio list is empty")
-    for r in ratio:
-        vx.cfg.beacon.check_ratio(r)
-    return ratio
-
-
 def start(vx, prefix_ids, ratio=None, seed: int = DEFAULT_SEED) -> SessionState:
     """A session whose prompt starts with ``prefix_ids`` (1-D ids before the video; no -200)."""
     prefix = np.asarray(prefix_ids if prefix_ids is not None else [], np.int64).reshape(-1)
     if (prefix < 0).any():
         raise ValueError("prefix_ids must be the token ids before the video (no -200 placeholder, no negative ids)")
     prefix = prefix.astype(np.int32)
-    ratio = _check_ratio(vx, ratio)
+    ratio = check_ratio(vx.cfg.beacon, ratio)
     rng_state = None if isinstance(ratio, int) else np.random.default_rng(seed).bit_generator.state
     b = vx.cfg.beacon
-    from vxl_jax.api import _TEXT_BUCKET
-
-    kv = vx._empty_memory(len(prefix) + b.window // _min_ratio(ratio) + 2 * _TEXT_BUCKET)
+    kv = vx._empty_memory(len(prefix) + b.window // _min_ratio(ratio) + 2 * TEXT_BUCKET)
     if len(prefix):
         _, kv = vx._text(kv, prefix, "prefix", donate=True)
     return SessionState(kv, prefix, None, 0, ratio, rng_state)
@@ -110,8 +95,6 @@ def _window_rows(vx, pixel_values) -> np.ndarray:
     """Frames in any form ``prefill`` accepts -> window input rows (uint8 [F, S, S, 3] or float32 [F, 3, S, S])."""
     px = vx._pixels(pixel_values, keep_uint8=True)
     if px.dtype == np.uint8:
-        from vxl_jax.preprocess import resize_crop_frames
-
         return resize_crop_frames(px, size=vx.cfg.vision.image_size)
     return px
 
@@ -120,19 +103,14 @@ def _pick(ratio, rng_state, stride: int, window_index: int) -> tuple[int, dict |
     """The ratio of a window of ``stride`` visual tokens -> (ratio, generator state after the draw)."""
     if isinstance(ratio, int):
         return ratio, None
-    valid = [r for r in ratio if stride >= r and stride % r == 0]
-    if not valid:
-        raise ConfigError(f"no ratio in {list(ratio)} divides the {stride}-token window {window_index}")
     rng = np.random.default_rng()
     rng.bit_generator.state = rng_state
-    r = int(rng.choice(valid))
+    r = pick_ratio(ratio, stride, window_index, rng)
     return r, rng.bit_generator.state
 
 
 def _grow(kv: KVMemory, slots: int) -> KVMemory:
     """At least ``slots`` capacity; grows geometrically (few distinct capacities: few compilations)."""
-    from vxl_jax.api import ensure_capacity
-
     return kv if kv.capacity >= slots else ensure_capacity(kv, max(slots, 2 * kv.capacity))
 
 
@@ -173,7 +151,7 @@ def add_frames(vx, state: SessionState, pixel_values) -> SessionState:
         for w in range(n):
             r, rng_state = _pick(state.ratio, rng_state, b.window, len(ratios) + w)
             picks.append(r)
-        kv = _grow(kv, int(np.asarray(kv.length)[0]) + sum(b.window // r for r in picks) + 2 * 16)
+        kv = _grow(kv, int(np.asarray(kv.length)[0]) + sum(b.window // r for r in picks) + 2 * TEXT_BUCKET)
         kv = _compress(vx, kv, rows[done * per:(done + n) * per], [b.window] * n, picks)
         ratios += tuple(picks)
         done += n
@@ -192,8 +170,6 @@ def video_memory(vx, state: SessionState, extra_slots: int = 0, fresh: bool = Fa
     """-> (VideoMemory of the video so far, per-window ratios). The pending frames are compressed as a clipped
     last window into a copy of the memory; the state is unchanged. ``extra_slots``: room for text after it.
     ``fresh``: the memory shares no buffer with the session's (it may be donated)."""
-    from vxl_jax.api import VideoMemory
-
     b = vx.cfg.beacon
     length = int(np.asarray(state.kv.length)[0])
     ratios = state.ratios
@@ -213,10 +189,8 @@ def video_memory(vx, state: SessionState, extra_slots: int = 0, fresh: bool = Fa
 
 def prefill(vx, state: SessionState, suffix_ids):
     """Logits of ``suffix_ids`` (the text after the video seen so far) -> ``PrefillResult``."""
-    from vxl_jax.api import _TEXT_BUCKET, PrefillResult
-
     suffix = _suffix(suffix_ids)
-    vm, ratios = video_memory(vx, state, extra_slots=len(suffix) + _TEXT_BUCKET, fresh=True)
+    vm, ratios = video_memory(vx, state, extra_slots=len(suffix) + TEXT_BUCKET, fresh=True)
     logits, mem = vx._text(vm.kv, suffix, "text", donate=True)
     # the video memory shares the result's K/V (append-only), as in VideoXL.prefill
     n = len(suffix)
@@ -276,12 +250,12 @@ def load(vx, path, ratio=None, seed: int = DEFAULT_SEED) -> SessionState:
     prompt_ids = np.asarray(extra.get("prompt_ids", []), np.int32)
     sess = meta.get("session")
     if sess is None:  # a video memory: continue it
-        r = _check_ratio(vx, ratio)
+        r = check_ratio(vx.cfg.beacon, ratio)
         rng_state = None if isinstance(r, int) else np.random.default_rng(seed).bit_generator.state
         windows = math.ceil(int(extra.get("visual_tokens", 0)) / vx.cfg.beacon.window)
         return SessionState(kv, prompt_ids, None, int(extra.get("frames", 0)), r, rng_state, (0,) * windows)
     r = sess["ratio"] if isinstance(sess["ratio"], int) else tuple(sess["ratio"])
-    if ratio is not None and _check_ratio(vx, ratio) != r:
+    if ratio is not None and check_ratio(vx.cfg.beacon, ratio) != r:
         raise ValueError(f"session {path} was made with ratio {r}, not {ratio}")
     if pending is None and sess.get("pending_form"):
         pending = np.zeros((0, *_form_shape(vx, sess["pending_form"])), sess["pending_form"])

@@ -1,0 +1,83 @@
+"""What the inference API returns and keeps, and the shape rules shared by ``VideoXL``, sessions and batched
+answering: the video memory and prefill result types, the prompt split around the video placeholder, the
+memory-capacity buckets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from vxl_jax.constants import IMAGE_TOKEN_INDEX
+from vxl_jax.memory import KVMemory
+
+SLOT_BUCKET = 256  # memory capacity and prompt lengths are rounded up to limit recompilation
+TEXT_BUCKET = 16
+FRAME_CALL_WINDOWS = 2  # windows of frames per scan call: bounds the frames staged on the host/device at once
+
+
+@dataclasses.dataclass
+class VideoMemory:
+    """The reusable compressed memory of one video: ``[prefix || beacons]`` plus what produced it."""
+
+    kv: KVMemory
+    prompt_ids: np.ndarray  # text ids before the video (the repetition penalty sees them too)
+    frames: int = 0
+    visual_tokens: int = 0
+
+    @property
+    def sizes(self) -> dict:
+        return self.kv.host_sizes()
+
+
+@dataclasses.dataclass
+class PrefillResult:
+    logits: np.ndarray  # float32 [S, vocab]: the S text tokens after the video (every token if text-only)
+    memory: KVMemory  # after the whole prompt: [prefix || beacons || text]
+    video_memory: VideoMemory | None = None  # after the visual span only: reuse it for new questions
+    ratios: tuple[int, ...] = ()  # the ratio used for each window
+
+    @property
+    def sizes(self) -> dict:
+        return self.memory.host_sizes()
+
+
+def round_up(n: int, m: int) -> int:
+    return max(m, -(-n // m) * m)
+
+
+def split_prompt(input_ids) -> tuple[np.ndarray, np.ndarray | None]:
+    """1-D ids -> (prefix, suffix) around the single -200 placeholder, or (ids, None) if there is none."""
+    ids = np.asarray(input_ids)
+    if ids.ndim != 1:
+        raise ValueError(f"input_ids must be 1-D token ids, got shape {ids.shape}")
+    where = np.flatnonzero(ids == IMAGE_TOKEN_INDEX)
+    if len(where) > 1:
+        raise ValueError(f"input_ids contain {len(where)} video placeholders (-200); exactly one is supported")
+    if np.any((ids < 0) & (ids != IMAGE_TOKEN_INDEX)):
+        raise ValueError("input_ids contain negative ids other than the -200 placeholder")
+    if not len(where):
+        return ids.astype(np.int32), None
+    p = int(where[0])
+    return ids[:p].astype(np.int32), ids[p + 1:].astype(np.int32)
+
+
+def chunk_sizes(n: int, largest: int = 8) -> list[int]:
+    """Split n windows into scan calls of sizes 8, 4, 2, 1 (few compilations, no padded windows)."""
+    sizes, size = [], largest
+    while n:
+        while size > n:
+            size //= 2
+        sizes.append(size)
+        n -= size
+    return sizes
+
+
+def ensure_capacity(mem: KVMemory, slots: int) -> KVMemory:
+    """Grow the memory buffer (zero slots at the end) so that it holds at least ``slots`` entries."""
+    if mem.capacity >= slots:
+        return mem
+    extra = round_up(slots, SLOT_BUCKET) - mem.capacity
+    pad = [(0, 0), (0, 0), (0, extra), (0, 0), (0, 0)]
+    return mem.replace(k=jnp.pad(mem.k, pad), v=jnp.pad(mem.v, pad))
