@@ -253,6 +253,11 @@ class VideoXL:
 
         With ``memory`` (a saved video memory: prefix + beacons), ``input_ids`` are only the text that
         follows the video (e.g. "\\n{question}<|im_end|>\\n<|im_start|>assistant\\n"): nothing is re-encoded.
+
+        Lists (batched answering, :mod:`vxl_jax.batched`): ``input_ids`` a list of B prompts, ``pixel_values``
+        None or a list of B entries (None: text only), ``memory`` one video memory for every row or a list of B,
+        ``seed`` an int or B ints -> a list of B id arrays (each equal to its single call), and with
+        ``return_logits`` a list of B step-logit arrays too. One int ``ratio`` for the videos of one call.
         """
         max_new = int(max_new_tokens if max_new_tokens is not None else self.generation_config.get("max_new_tokens", 64))
         if max_new < 1:
