@@ -8,7 +8,7 @@ prefill for 2 sequences on 8 chips (data 2 x tensor 4). The kernel-or-interpret 
 lowering, so this CPU host gets the TPU kernel. Prints the compile time, ``memory_analysis()`` per
 chip and the number of Mosaic kernels in the compiled HLO. Compiled, not run.
 
-    .venv-tpu/bin/python bench/pallas_tpu_compile.py [--topology v5p:2x2x2] [--only prefill,decode,grad,clip,prefill_dp2_tp4]
+    .venv-tpu/bin/python bench/pallas_tpu_compile.py [--topology v5p:2x2x2] [--only prefill,decode,...]
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def main():
     topo = topologies.get_topology_desc(topology_name=args.topology, platform="tpu")
     device = topo.devices[0]
     sharding = jax.sharding.SingleDeviceSharding(device)
-    print(f"target: {args.topology} ({device.device_kind}), one chip (prefill_dp2_tp4: 8 chips); H={H} KV={KV} Dh={D} chunk={CHUNK} "
-          f"memory={MEM} slots (x{LAYERS} layers stacked for prefill/decode), bfloat16")
+    print(f"target: {args.topology} ({device.device_kind}), one chip (prefill_dp2_tp4: 8 chips); H={H} KV={KV} "
+          f"Dh={D} chunk={CHUNK} memory={MEM} slots (x{LAYERS} layers stacked for prefill/decode), bfloat16")
     cases = _cases(jnp.bfloat16)
     print(f"{'case (per chip)':16} {'compile_s':>9} {'arguments':>12} {'outputs':>12} {'temporaries':>12}")
     for name in args.only.split(","):

@@ -1,8 +1,9 @@
-"""The ``pallas`` attention kernel (Pallas interpret mode on CPU) equals the dense reference: random
+"""The ``pallas`` attention kernels (Pallas interpret mode on CPU) equal the dense reference: random
 memory lengths, empty and full memory, a partial last memory tile, padded chunks, one decoding row,
 GQA (fp32 and the bf16 word-split read), the stacked memory with a layer index, non-causal, per
-shard on a mesh; values and gradients (<= 1e-5 fp32); and the whole model with ``attention: pallas`` equals ``xla``. Also the
-``cudnn`` construction (run through XLA's lowering) equals the reference."""
+shard on a mesh; values and gradients (<= 1e-5 fp32, through the backward kernels); and the whole
+model with ``attention: pallas`` equals ``xla``. Also the ``cudnn`` construction (run through XLA's
+lowering) equals the reference."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 
 from vxl_jax import sharding as sh
 from vxl_jax.model import attention, random_model
-from vxl_jax.model.pallas_attention import pallas_attention
+from vxl_jax.model.pallas_attention import pallas_attention, tpu_supported
 from vxl_jax.model.pallas_tiles import Plan
 
 # Small tiles: many query / key / memory tiles, a partial last memory tile (M = 70), causal skipping.
@@ -150,6 +151,15 @@ def test_plan_tiles():
     assert (d.tq, d.kb, d.mb, d.n_mem) == (8, 8, 2048, 8)
     with pytest.raises(ValueError, match="block_q"):
         Plan(10, 10, 12, 16, 16)
+
+
+def test_tpu_support_rule():
+    """Mosaic tiles lane-aligned heads and loads per-head rows of 32-bit keys, or of 16-bit keys with
+    one or an even number of KV heads; the rest takes the blocked path on TPU."""
+    assert tpu_supported(128, 4, jnp.bfloat16, jnp.bfloat16) and tpu_supported(128, 3, jnp.float32)
+    assert tpu_supported(128, 1, jnp.bfloat16)
+    assert not tpu_supported(64, 16, jnp.bfloat16)  # CLIP ViT-L
+    assert not tpu_supported(128, 3, jnp.float32, jnp.bfloat16)
 
 
 def test_sdpa_construction_equals_reference():

@@ -124,7 +124,7 @@ def _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks
     args = (q, k, v, valid, mem_k, mem_v, mem_len, layer)
     if interpret is not None:
         return _kernel_forward(*args, causal, scale, blocks, interpret)
-    if tpu_supported(q.shape[-1], k.shape[2], _kv_dtype(k, mem_k)):
+    if tpu_supported(q.shape[-1], k.shape[2], *_kv_dtypes(k, mem_k)):
         tpu = functools.partial(_call_kernel, causal=causal, scale=scale, blocks=blocks, interpret=False)
     else:
         tpu = functools.partial(_call_blocked, causal=causal, scale=scale)
@@ -216,7 +216,8 @@ def _attention_bwd(causal, scale, blocks, interpret, res, dout):
     if interpret is not None:
         grads = kernel(*args, interpret=interpret)
     else:  # as the forward: chosen when lowering
-        tpu = (functools.partial(kernel, interpret=False) if tpu_supported(q.shape[-1], k.shape[2], _kv_dtype(k, mem_k))
+        on_tpu = tpu_supported(q.shape[-1], k.shape[2], *_kv_dtypes(k, mem_k))
+        tpu = (functools.partial(kernel, interpret=False) if on_tpu
                else functools.partial(_blocked_backward, causal=causal, scale=scale))
         grads = jax.lax.platform_dependent(*args, tpu=tpu, default=functools.partial(kernel, interpret=True))
     dq, dk, dv, dmk, dmv = grads
@@ -244,8 +245,8 @@ def _plan(q, M: int, blocks) -> Plan:
     return Plan(T, M, min(block_q, max(8, ACC_BYTES // (H * D * 4) // 8 * 8)), block_k, block_mem)
 
 
-def _kv_dtype(k, mem_k):
-    return k.dtype if mem_k is None else mem_k.dtype
+def _kv_dtypes(k, mem_k):
+    return (k.dtype,) if mem_k is None else (k.dtype, mem_k.dtype)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -312,8 +313,11 @@ def _per_shard(call, q, k, v, valid, mem_k, mem_v, mem_len, layer):
                          check_vma=False)(*(args[i] for i in present))
 
 
-def tpu_supported(head_dim: int, kv_heads: int, kv_dtype) -> bool:
+def tpu_supported(head_dim: int, kv_heads: int, *kv_dtypes) -> bool:
     """Whether Mosaic can run the kernel: lane-aligned heads (Dh a multiple of 128) and per-head rows
     it can load (32-bit keys, or 16-bit ones with one or an even number of KV heads)."""
-    bits = jnp.dtype(kv_dtype).itemsize * 8
-    return head_dim % 128 == 0 and (bits == 32 or (bits == 16 and (kv_heads == 1 or kv_heads % 2 == 0)))
+    def loadable(dtype):
+        bits = jnp.dtype(dtype).itemsize * 8
+        return bits == 32 or (bits == 16 and (kv_heads == 1 or kv_heads % 2 == 0))
+
+    return head_dim % 128 == 0 and all(loadable(d) for d in kv_dtypes)
