@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from vxl_jax import sharding as sh
+from vxl_jax.config import ConfigError
 from vxl_jax.model import attention, random_model
 from vxl_jax.model.pallas_attention import pallas_attention, tpu_supported
 from vxl_jax.model.pallas_tiles import Plan
@@ -177,6 +178,12 @@ def test_sdpa_construction_equals_reference():
     assert not np.asarray(got[1]).any()
     with pytest.raises(ValueError, match="bfloat16 or float16"):
         attention.attend(q, k, v, mem_k=mk, mem_v=mv, mem_len=mem_len, backend="cudnn")
+
+
+def test_cudnn_float32_config_is_refused(tiny_cfg):
+    with pytest.raises(ConfigError, match="cudnn.*bfloat16"):
+        tiny_cfg.with_runtime(attention="cudnn")
+    assert tiny_cfg.with_runtime(attention="cudnn", compute_dtype="bfloat16").runtime.attention == "cudnn"
 
 
 def test_model_with_pallas_equals_xla(tiny_cfg):

@@ -255,6 +255,9 @@ class RuntimeConfig:
                 raise ConfigError(f"runtime.{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
         if self.attention not in ATTENTION_BACKENDS:
             raise ConfigError(f"runtime.attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
+        if self.attention == "cudnn" and self.compute_dtype == "float32":
+            raise ConfigError("runtime.attention 'cudnn' needs compute_dtype bfloat16 or float16 (cuDNN flash "
+                              "attention has no float32); use 'xla' for float32")
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"runtime.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
         if self.sharding not in SHARDING_PRESETS:
