@@ -208,3 +208,23 @@ def test_model_with_pallas_equals_xla(tiny_cfg):
     np.testing.assert_allclose(np.asarray(b.memory.k)[:, :, :n], np.asarray(a.memory.k)[:, :, :n], atol=1e-5)
     np.testing.assert_array_equal(new_b, new_a)
     np.testing.assert_allclose(lb, la, atol=1e-5, rtol=0)
+
+
+def test_golden_video_case_with_pallas(golden_dir, tmp_path):
+    """The original's video case (ratio 16, partial last window) through the pallas kernels (CLIP and
+    LM, interpret mode): post-video logits <= 1e-4 and the greedy ids exact."""
+    from safetensors.numpy import load_file
+
+    from vxl_jax.api import VideoXL
+    from vxl_jax.config import RuntimeConfig
+    from vxl_jax.convert.convert import convert
+    from vxl_jax.convert.folder import load_converted
+
+    convert(str(golden_dir / "tiny_videoxl"), str(tmp_path / "converted"), dtype="float32", progress=False)
+    cfg, model, tokenizer, gen = load_converted(tmp_path / "converted", runtime=RuntimeConfig(attention="pallas"))
+    assert cfg.runtime.attention == "pallas"
+    vx = VideoXL(cfg, model, tokenizer, gen)
+    C = load_file(str(golden_dir / "cases.safetensors"))
+    ids, px = C["video.input_ids"][0], C["video.frames_u8"].astype(np.float32) / 64.0 - 2.0
+    np.testing.assert_allclose(vx.prefill(ids, px, ratio=16).logits, C["video_r16.logits_forward"], atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(vx.generate(ids, px, ratio=16, max_new_tokens=6), C["video_r16.generated_ids"])
