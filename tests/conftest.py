@@ -96,19 +96,26 @@ def _torch_deselected(config) -> bool:
     return True
 
 
+def _torch_missing(path: pathlib.Path) -> bool:
+    return _module_needs_torch(path) and importlib.util.find_spec("torch") is None
+
+
 def pytest_ignore_collect(collection_path, config):
-    if not _module_needs_torch(collection_path) or importlib.util.find_spec("torch") is not None:
-        return None
-    if _torch_deselected(config):
-        return True
-    raise pytest.UsageError(f"{collection_path.name} needs torch, which is not installed: "
-                            "pip install -e '.[dev]', or run only the torch-free tests with -m 'not torch'")
+    if _torch_missing(collection_path) and _torch_deselected(config):
+        return True  # never imported: its tests would be deselected anyway
+    return None
+
+
+def pytest_collectstart(collector):
+    if isinstance(collector, pytest.Module) and _torch_missing(collector.path):
+        raise pytest.UsageError(f"{collector.path.name} needs torch, which is not installed: "
+                                "pip install -e '.[dev]', or run only the torch-free tests with -m 'not torch'")
 
 
 def pytest_collection_modifyitems(config, items):
     needs = {}
     for item in items:
-        path = pathlib.Path(str(item.fspath))
+        path = item.path
         if path not in needs:
             needs[path] = _module_needs_torch(path)
         if needs[path]:
