@@ -5,10 +5,13 @@ shard on a mesh; values and gradients (<= 1e-5 fp32, through the backward kernel
 model with ``attention: pallas`` equals ``xla``. Also the ``cudnn`` construction (run through XLA's
 lowering) equals the reference."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import export
 
 from vxl_jax import sharding as sh
 from vxl_jax.config import ConfigError
@@ -161,6 +164,24 @@ def test_tpu_support_rule():
     assert tpu_supported(128, 1, jnp.bfloat16)
     assert not tpu_supported(64, 16, jnp.bfloat16)  # CLIP ViT-L
     assert not tpu_supported(128, 3, jnp.float32, jnp.bfloat16)
+
+
+@pytest.mark.parametrize("platform,head_dim,kernels", [
+    ("tpu", 128, ["vxl_memory_chunk_attention", "vxl_attention_dq", "vxl_attention_dkv", "vxl_attention_dmem"]),
+    ("tpu", 64, []),  # a head size the kernel does not tile: the blocked path
+    ("cuda", 128, []),  # GPUs: the blocked path (interpreting a TPU kernel would be slow)
+])
+def test_lowering_picks_the_kernel_per_platform(platform, head_dim, kernels):
+    """Kernel or not is decided when lowering: exported from this CPU host for another platform."""
+    q, k, v, mk, mv = _inputs(10, T=9, D=head_dim, M=20)
+
+    def loss(*x):
+        return jnp.sum(pallas_attention(*x[:3], mem_k=x[3], mem_v=x[4], mem_len=jnp.asarray([5, 20])))
+
+    grads = jax.grad(loss, argnums=(0, 1, 2, 3, 4))
+
+    text = export.export(jax.jit(grads), platforms=[platform])(q, k, v, mk, mv).mlir_module()
+    assert sorted(re.findall(r'kernel_name = "([^"]+)"', text)) == sorted(kernels)
 
 
 def test_sdpa_construction_equals_reference():

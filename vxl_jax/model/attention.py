@@ -8,8 +8,9 @@ Backends (``runtime.attention``):
   rows in blocks of ``QUERY_BLOCK``). Cost follows the buffer's capacity; kept as the reference.
 - ``pallas``: :mod:`vxl_jax.model.pallas_attention`, a Pallas kernel with the blocked path's
   semantics (scalar-prefetched memory length, skipped empty/causally masked tiles, GQA, memory read
-  in place); Mosaic on TPU, interpret mode elsewhere (tests). On TPU a head size that is not a
-  multiple of 128 (CLIP's 64) falls back to ``xla``. Gradients: the blocked backward.
+  in place, per shard under a mesh); Mosaic on TPU, interpret mode on CPU (tests), the ``xla`` path
+  on GPUs. On TPU a head size that is not a multiple of 128 (CLIP's 64) falls back to ``xla``.
+  Gradients: three more kernels.
 - ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (GPU; bfloat16/float16
   only) over the dense ``[memory || chunk]`` layout with a boolean mask (turned into cuDNN's
   additive bias): memory slots ``>= mem_len`` and invalid/non-causal chunk keys masked, masked

@@ -14,8 +14,8 @@ batch and KV-head axes).
 
 On TPU this compiles with Mosaic (Dh a multiple of 128, ``block_k`` a multiple of 128,
 ``block_q`` and ``block_mem`` multiples of 8; other head shapes take the blocked forward there); on
-every other platform it runs in Pallas interpret mode (for tests: correct but slow; on GPU use the
-``cudnn`` backend). The choice is made when lowering, so ahead-of-time TPU compiles from a CPU
+CPU it runs in Pallas interpret mode (for tests: correct but slow); on GPUs the blocked path runs
+(use the ``cudnn`` backend there). The choice is made when lowering, so ahead-of-time TPU compiles from a CPU
 host get the kernel. Gradients: a custom VJP whose backward is three more Pallas kernels
 (:mod:`vxl_jax.model.pallas_attention_bwd`: dq, d memory, d chunk) recomputing scores from the
 forward's log-sum-exp (no score matrix is kept); where the forward takes the blocked path, so does
@@ -119,7 +119,8 @@ def _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks
 
     ``interpret`` None: chosen when lowering (``lax.platform_dependent``, so an ahead-of-time TPU
     compile from a CPU host gets the Mosaic kernel): Mosaic on TPU (or the blocked forward for head
-    shapes the kernel does not tile there), interpret mode on every other platform.
+    shapes the kernel does not tile there), interpret mode on CPU (tests), the blocked forward on
+    GPUs (interpreting a TPU kernel there would be slow; use ``cudnn``).
     """
     args = (q, k, v, valid, mem_k, mem_v, mem_len, layer)
     if interpret is not None:
@@ -128,8 +129,9 @@ def _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks
         tpu = functools.partial(_call_kernel, causal=causal, scale=scale, blocks=blocks, interpret=False)
     else:
         tpu = functools.partial(_call_blocked, causal=causal, scale=scale)
-    default = functools.partial(_call_kernel, causal=causal, scale=scale, blocks=blocks, interpret=True)
-    return jax.lax.platform_dependent(*args, tpu=tpu, default=default)
+    cpu = functools.partial(_call_kernel, causal=causal, scale=scale, blocks=blocks, interpret=True)
+    return jax.lax.platform_dependent(*args, tpu=tpu, cpu=cpu, default=functools.partial(_call_blocked, causal=causal,
+                                                                                          scale=scale))
 
 
 def _call_kernel(*args, causal, scale, blocks, interpret):
@@ -219,7 +221,8 @@ def _attention_bwd(causal, scale, blocks, interpret, res, dout):
         on_tpu = tpu_supported(q.shape[-1], k.shape[2], *_kv_dtypes(k, mem_k))
         tpu = (functools.partial(kernel, interpret=False) if on_tpu
                else functools.partial(_blocked_backward, causal=causal, scale=scale))
-        grads = jax.lax.platform_dependent(*args, tpu=tpu, default=functools.partial(kernel, interpret=True))
+        grads = jax.lax.platform_dependent(*args, tpu=tpu, cpu=functools.partial(kernel, interpret=True),
+                                           default=functools.partial(_blocked_backward, causal=causal, scale=scale))
     dq, dk, dv, dmk, dmv = grads
     return dq, dk, dv, None, dmk, dmv, None, None
 
@@ -261,7 +264,8 @@ def pallas_attention(q, k, v, *, valid=None, causal: bool = True, mem_k=None, me
     k, v [B, T, KV, Dh]; valid [B, T]; mem_k/mem_v [B, M, KV, Dh] with mem_len [B], or stacked
     [L, B, M, KV, Dh] with the int32 scalar ``mem_layer``). Block sizes are tile sizes (see the module
     docstring); ``interpret`` None (default): the Mosaic kernel when lowered for TPU (the blocked path
-    where :func:`tpu_supported` says the kernel does not tile), interpret mode elsewhere.
+    where :func:`tpu_supported` says the kernel does not tile), interpret mode on CPU, the blocked path
+    on GPUs.
     """
     B, T, H, D = q.shape
     KV = k.shape[2]
