@@ -27,15 +27,17 @@ from vxl_jax.constants import IMAGE_TOKEN_INDEX
 from vxl_jax.decode import stop_mask
 from vxl_jax.engine import Engine
 from vxl_jax.memory import KVMemory
+from vxl_jax import memory_io
 from vxl_jax.model import VideoXLModel
 from vxl_jax.model.layers import dtype_of
-from vxl_jax.sampling import SamplingParams, seen_mask
+from vxl_jax.preprocess import preprocess_frames, resize_crop_frames
 from vxl_jax.results import FRAME_CALL_WINDOWS as _FRAME_CALL_WINDOWS
 from vxl_jax.results import SLOT_BUCKET as _SLOT_BUCKET
 from vxl_jax.results import TEXT_BUCKET as _TEXT_BUCKET
 from vxl_jax.results import PrefillResult, VideoMemory, ensure_capacity, split_prompt
 from vxl_jax.results import chunk_sizes as _chunk_sizes
 from vxl_jax.results import round_up as _round_up
+from vxl_jax.sampling import SamplingParams, seen_mask
 from vxl_jax.session import Session, load, start
 from vxl_jax.sharding import INFERENCE_PRESET, inference_mesh, shard_model
 
@@ -66,9 +68,9 @@ class VideoXL:
     def load(cls, path, dtype: str = "float32", mesh=None) -> "VideoXL":
         """Load a folder written by ``convert_weights.py`` (config, params, tokenizer, generation config).
         ``mesh``: see :class:`VideoXL` (parameters are restored straight onto their shards)."""
-        from vxl_jax.checkpoint import load_converted
-
         mesh = inference_mesh(mesh)
+        from vxl_jax.checkpoint import load_converted  # the converter stack (orbax, tensorstore): on load only
+
         cfg, model, tokenizer, gen = load_converted(path, dtype=dtype, mesh=mesh, rules=INFERENCE_PRESET)
         return cls(cfg, model, tokenizer, gen, mesh=mesh)
 
@@ -90,8 +92,6 @@ class VideoXL:
                 raise ValueError(f"pixel_values has no frames or an empty frame size: {px.shape}")
             if keep_uint8:
                 return px
-            from vxl_jax.preprocess import preprocess_frames
-
             px = preprocess_frames(px, size=v.image_size)
         if px.ndim == 3:
             px = px[None]
@@ -109,8 +109,6 @@ class VideoXL:
         and stay uint8 [.., S, S, 3] (normalized on device); float frames / features go in the compute dtype."""
         rows = source[first * per_window:(first + windows) * per_window]
         if source.dtype == np.uint8:
-            from vxl_jax.preprocess import resize_crop_frames
-
             rows = resize_crop_frames(rows, size=self.cfg.vision.image_size)
         if len(rows) < windows * per_window:  # only the last scan call
             rows = np.concatenate([rows, np.zeros((windows * per_window - len(rows), *rows.shape[1:]), rows.dtype)])
@@ -388,18 +386,14 @@ class VideoXL:
         """Short hash identifying this model's weights (stored in saved memories, checked on load).
         Computed once: the weights of a loaded model do not change."""
         if self._fingerprint is None:
-            from vxl_jax.memory_io import model_fingerprint
-
-            self._fingerprint = model_fingerprint(self.model, self.cfg)
+            self._fingerprint = memory_io.model_fingerprint(self.model, self.cfg)
         return self._fingerprint
 
     def save_memory(self, path, memory: VideoMemory) -> None:
         """Write a video memory (``PrefillResult.video_memory``) to ``path`` (safetensors)."""
-        from vxl_jax.memory_io import save_memory
-
         if not isinstance(memory, VideoMemory):
             memory = VideoMemory(memory, np.zeros((0,), np.int32))
-        save_memory(path, memory.kv, self.cfg, extra={"prompt_ids": [int(i) for i in memory.prompt_ids],
+        memory_io.save_memory(path, memory.kv, self.cfg, extra={"prompt_ids": [int(i) for i in memory.prompt_ids],
                                                       "frames": memory.frames,
                                                       "visual_tokens": memory.visual_tokens},
                     fingerprint=self.fingerprint())
@@ -407,9 +401,7 @@ class VideoXL:
     def load_memory(self, path) -> VideoMemory:
         """Read a memory written by :meth:`save_memory`; one saved by another model (other geometry, or other
         weights: see :func:`vxl_jax.memory_io.model_fingerprint`) raises ``MemoryMismatchError`` (a ValueError)."""
-        from vxl_jax.memory_io import load_memory
-
-        kv, extra = load_memory(path, self.cfg, dtype=self._dtype, fingerprint=self.fingerprint())
+        kv, extra = memory_io.load_memory(path, self.cfg, dtype=self._dtype, fingerprint=self.fingerprint())
         return VideoMemory(kv, np.asarray(extra.get("prompt_ids", []), np.int32), int(extra.get("frames", 0)),
                            int(extra.get("visual_tokens", 0)))
 

@@ -12,12 +12,17 @@ import json
 import os
 import sys
 
+from vxl_jax.api import VideoXL
+from vxl_jax.demo import default_model
+from vxl_jax.eval.heatmap import draw_heatmap, grid_table, niah_grid
+from vxl_jax.eval.readers import read_benchmark
+from vxl_jax.eval.results import ResultsFile
+from vxl_jax.eval.run import RunSettings, SCORINGS, run_benchmark
+
 EXIT_BAD_INPUT = 2
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from vxl_jax.eval.run import SCORINGS
-
     p = argparse.ArgumentParser(prog="python -m vxl_jax.eval", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--benchmark", required=True, choices=["mlvu", "videomme", "longvideobench", "niah"])
@@ -55,9 +60,6 @@ def parse_ratio(text):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    from vxl_jax.eval.readers import read_benchmark
-    from vxl_jax.eval.run import RunSettings, run_benchmark
-
     try:
         if a.frames is not None and a.frames < 1:
             raise ValueError(f"--frames must be >= 1, got {a.frames}")
@@ -71,12 +73,8 @@ def main(argv=None) -> int:
         settings = RunSettings(a.benchmark, a.scoring, a.frames, a.fps, parse_ratio(a.ratio), a.max_new_tokens,
                                not a.no_memory, os.path.abspath(a.model) if a.model else "embedded tiny model")
         if a.model is None:
-            from vxl_jax.demo import default_model
-
             vx = default_model(dtype=a.dtype)
         else:
-            from vxl_jax.api import VideoXL
-
             vx = VideoXL.load(a.model, dtype=a.dtype)
         summary = run_benchmark(vx, items, a.videos, a.out, settings=settings, progress=not a.quiet)
     except (ValueError, FileNotFoundError) as e:
@@ -95,9 +93,6 @@ def main(argv=None) -> int:
 
 def write_niah_report(out_dir: str) -> str:
     """heatmap.md (the table) and heatmap.png (when matplotlib is installed) from OUT/results.jsonl."""
-    from vxl_jax.eval.heatmap import draw_heatmap, grid_table, niah_grid
-    from vxl_jax.eval.results import ResultsFile
-
     lengths, depths, acc, counts = niah_grid(ResultsFile(os.path.join(out_dir, "results.jsonl")).records)
     table = grid_table(lengths, depths, acc, counts)
     with open(os.path.join(out_dir, "heatmap.md"), "w") as f:

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from vxl_jax.constants import DEFAULT_SYSTEM
+from vxl_jax.prompt import chat_prompt, check_question, tokenizer_image_token
 
 LETTERS = "ABCDEFGHIJ"
 WATCH_SYSTEM = ("Carefully watch this video and pay attention to every detail. Based on your observations, "
@@ -80,16 +81,12 @@ STYLES = {
 
 def chat_text(style: PromptStyle, question: str, options: Sequence[str]) -> str:
     """The whole ChatML prompt with one ``<image>`` placeholder, ending where the model starts answering."""
-    from vxl_jax.prompt import chat_prompt, check_question
-
     return chat_prompt(check_question(style.user(question, options)), style.system) + style.answer_prefix
 
 
 def prompt_ids(style: PromptStyle, question: str, options: Sequence[str], tokenizer) -> tuple[np.ndarray, np.ndarray]:
     """-> (full ids with one -200, ids of the text after the video). The text after the video is what a saved
     video memory is asked with; the ids before it (system prompt) are the same for every question of a style."""
-    from vxl_jax.prompt import tokenizer_image_token
-
     ids = tokenizer_image_token(chat_text(style, question, options), tokenizer)
     after = ids[int(np.flatnonzero(ids < 0)[0]) + 1:]
     return ids, after

@@ -27,6 +27,10 @@ from typing import Sequence
 
 import numpy as np
 
+from vxl_jax.data.synthetic import COLOURS, write_video
+from vxl_jax.eval.choice import LETTERS
+from vxl_jax.video import load_video
+
 COLOUR_QUESTION = "What colour was the flash in the video?"
 COLOUR_OPTIONS = ["blue", "green", "red", "yellow"]
 FPS = 1  # frames per second of the written videos (one sampled frame per second)
@@ -46,8 +50,6 @@ class Needle:
 
 def colour_needles(size=DEFAULT_SIZE, frames: int = 1) -> list[Needle]:
     """One needle per colour: ``frames`` frames filled with it (the colours of ``vxl_jax.data.synthetic``)."""
-    from vxl_jax.data.synthetic import COLOURS
-
     w, h = size
     out = []
     for i, name in enumerate(COLOUR_OPTIONS):
@@ -57,8 +59,6 @@ def colour_needles(size=DEFAULT_SIZE, frames: int = 1) -> list[Needle]:
 
 
 def _answer_letter(answer, options: Sequence[str], where: str) -> str:
-    from vxl_jax.eval.choice import LETTERS
-
     a = str(answer).strip()
     if len(a) == 1 and a.upper() in LETTERS[:len(options)]:
         return a.upper()
@@ -70,8 +70,6 @@ def _answer_letter(answer, options: Sequence[str], where: str) -> str:
 def load_needles(path) -> list[Needle]:
     """Needles from a JSON list (see the module docstring); image / clip paths are relative to the file."""
     from PIL import Image
-
-    from vxl_jax.video import load_video
 
     base = os.path.dirname(os.path.abspath(path))
     with open(path) as f:
@@ -137,9 +135,6 @@ def make_niah(out_dir, lengths: Sequence[int], depths: Sequence[float], haystack
     One item per (length, depth, needle). ``haystacks``: video paths (item k uses haystack k mod count,
     sampled uniformly to ``length - n`` frames); empty: seeded grey noise of ``size`` (width, height)."""
     from tqdm.auto import tqdm
-
-    from vxl_jax.data.synthetic import write_video
-    from vxl_jax.video import load_video
 
     needles = list(needles) if needles is not None else colour_needles(size)
     lengths, depths = [int(x) for x in lengths], [float(d) for d in depths]

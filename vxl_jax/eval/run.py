@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 from vxl_jax.eval.choice import LETTERS, STYLES, letter_logprobs, parse_letter, prompt_ids, text_logprobs
 from vxl_jax.eval.readers import Item, find_video
 from vxl_jax.eval.results import ResultsFile, summarize, write_json_atomic
+from vxl_jax.preprocess import resize_crop_frames
+from vxl_jax.video import VideoError, load_video, open_video, sample_indices
 
 SCORINGS = ("generate", "loglik", "loglik-text")
 DEFAULT_FRAMES = 128
@@ -55,8 +57,6 @@ class RunSettings:
 def fps_indices(total: int, video_fps: float, fps: float, cap: int | None = None) -> np.ndarray:
     """Frame indices at ``fps`` frames per second (``int(i * video_fps / fps)``, as VNBench's 1 fps loader),
     spread uniformly down to ``cap`` frames when there are more."""
-    from vxl_jax.video import VideoError, sample_indices
-
     if fps <= 0 or video_fps <= 0:
         raise VideoError(f"cannot sample at {fps} fps a video whose frame rate is {video_fps}")
     step = video_fps / fps
@@ -68,9 +68,6 @@ def fps_indices(total: int, video_fps: float, fps: float, cap: int | None = None
 
 def read_frames(path: str, size: int, frames: int | None, fps: float | None) -> np.ndarray:
     """uint8 [F, size, size, 3]: ``frames`` uniform frames, or ``fps`` frames per second (capped at ``frames``)."""
-    from vxl_jax.preprocess import resize_crop_frames
-    from vxl_jax.video import VideoError, load_video, open_video
-
     if fps is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a video shorter than `frames`: all its frames are used
