@@ -166,14 +166,15 @@ def test_cli_niah_end_to_end(small_vx, tmp_path, monkeypatch, capsys):
     """niah generator CLI -> eval CLI (embedded model replaced by the micro model) -> results, summary, heatmap;
     a rerun appends nothing; bad input is exit 2 with a one-line error."""
     import vxl_jax.demo
-    from vxl_jax.eval.__main__ import main
+    import vxl_jax.eval.__main__ as cli
     from vxl_jax.eval.niah import main as niah_main
 
     assert niah_main(["--out", str(tmp_path / "niah"), "--lengths", "4,6", "--depths", "0,100"]) == 0
-    monkeypatch.setattr(vxl_jax.demo, "default_model", lambda dtype="float32": small_vx)
+    for module in (vxl_jax.demo, cli):  # wherever the CLI looks the embedded model up
+        monkeypatch.setattr(module, "default_model", lambda dtype="float32": small_vx, raising=False)
     common = ["--benchmark", "niah", "--annotations", str(tmp_path / "niah" / "niah.json"), "--videos",
               str(tmp_path / "niah" / "videos"), "--quiet", "--max-new-tokens", "3"]
-    assert main(common + ["--out", str(tmp_path / "out")]) == 0
+    assert cli.main(common + ["--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "| depth \\ frames | 4 | 6 | mean |" in out
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -183,11 +184,11 @@ def test_cli_niah_end_to_end(small_vx, tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
     assert (tmp_path / "out" / "heatmap.png").stat().st_size > 1000
     lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
-    assert main(common + ["--out", str(tmp_path / "out")]) == 0  # rerun: nothing to do, nothing appended
+    assert cli.main(common + ["--out", str(tmp_path / "out")]) == 0  # rerun: nothing to do, nothing appended
     assert (tmp_path / "out" / "results.jsonl").read_text().splitlines() == lines
     capsys.readouterr()
-    assert main(common + ["--out", str(tmp_path / "o2"), "--frames", "0"]) == 2
-    assert main(["--benchmark", "niah", "--annotations", str(tmp_path / "missing.json"), "--videos", str(tmp_path),
+    assert cli.main(common + ["--out", str(tmp_path / "o2"), "--frames", "0"]) == 2
+    assert cli.main(["--benchmark", "niah", "--annotations", str(tmp_path / "missing.json"), "--videos", str(tmp_path),
                  "--out", str(tmp_path / "o3")]) == 2
     err = capsys.readouterr().err
     assert "--frames must be >= 1" in err and "annotation file not found" in err
