@@ -165,3 +165,15 @@ def test_golden_video_cases_through_a_session(golden_dir, tmp_path_factory):
         np.testing.assert_allclose(res.logits, ref.logits, atol=1e-5, rtol=0)
         _assert_same_memory(res.memory, ref.memory)
         np.testing.assert_array_equal(s.generate(suffix, max_new_tokens=6), C[f"video_r{ratio}.generated_ids"])
+
+
+def test_video_memory_outlives_later_frames(vx, video):
+    prefix, suffix, frames = video
+    s = _session(vx, prefix, frames[:10], 10)  # one complete window, nothing pending
+    vm = s.video_memory()
+    s.add_frames(frames[10:])  # donates the session's memory, not the one handed out
+    ref = vx.prefill(_ids(prefix, suffix), frames[:10], ratio=8)
+    kw = dict(max_new_tokens=3, stop_ids=[], do_sample=False)
+    np.testing.assert_array_equal(vx.generate(suffix, None, memory=vm, **kw),
+                                  vx.generate(_ids(prefix, suffix), frames[:10], ratio=8, **kw))
+    assert vm.sizes == ref.video_memory.sizes

@@ -37,10 +37,9 @@ from vxl_jax.beacon.ratios import ORIGINAL_RATIO_SEED, check_ratio, pick_ratio
 from vxl_jax.memory import KVMemory
 from vxl_jax.memory_io import FORMAT, _geometry, load_memory
 from vxl_jax.preprocess import resize_crop_frames
-from vxl_jax.results import TEXT_BUCKET, PrefillResult, VideoMemory, ensure_capacity
+from vxl_jax.results import FRAME_CALL_WINDOWS, TEXT_BUCKET, PrefillResult, VideoMemory, ensure_capacity
 
 DEFAULT_SEED = ORIGINAL_RATIO_SEED  # the original's step-random generator: numpy default_rng(42)
-_FRAME_CALL_WINDOWS = 2  # complete windows per compiled window call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +145,7 @@ def add_frames(vx, state: SessionState, pixel_values) -> SessionState:
     kv, rng_state, ratios = state.kv, state.rng_state, state.ratios
     done = 0
     while done < complete:
-        n = min(_FRAME_CALL_WINDOWS, complete - done)
+        n = min(FRAME_CALL_WINDOWS, complete - done)
         picks = []
         for w in range(n):
             r, rng_state = _pick(state.ratio, rng_state, b.window, len(ratios) + w)
@@ -287,8 +286,9 @@ class Session:
         return generate(self.vx, self.state, suffix_ids, max_new_tokens, **kwargs)
 
     def video_memory(self):
-        """The video so far as a ``VideoMemory`` (for ``VideoXL.generate(..., memory=...)`` or ``save_memory``)."""
-        return video_memory(self.vx, self.state)[0]
+        """The video so far as a ``VideoMemory`` of its own (for ``VideoXL.generate(..., memory=...)`` or
+        ``save_memory``); adding frames later leaves it as it is."""
+        return video_memory(self.vx, self.state, fresh=True)[0]
 
     def save(self, path) -> None:
         save(self.vx, self.state, path)
