@@ -85,6 +85,7 @@ def test_kill_and_resume_matches_straight_run(straight, env):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_stops(straight, env):
     base, data = straight
     work = base / "term"
