@@ -5,7 +5,8 @@ KV memory over KV heads, batch over data). Per mesh: prefill logits within 1e-5 
 run, memory K/V within 1e-5, the same greedy ids (step logits within 1e-5); the embedded tiny
 default model (``demo.default_model``) and the golden checkpoint of the original (``VideoXL.load``).
 Not vacuous: parameters, the memory after prefill and the compiled executables' shardings are
-checked to be split over devices where the rules allow it.
+checked to be split over devices where the rules allow it, and the compiled window scan's FLOPs per
+device (XLA cost analysis) to be well below the single-device program's.
 """
 
 import dataclasses
@@ -67,6 +68,17 @@ def _assert_compiled_sharded(vx):
         assert any(not s.is_fully_replicated for s in ins), key[0]
 
 
+def _window_flops(vx) -> float:
+    """FLOPs per device of the compiled window scan (XLA's cost analysis of the partitioned program)."""
+    flops = []
+    for key, exe in vx.engine._compiled.items():
+        if key[0] == "windows":
+            cost = exe.cost_analysis()
+            flops.append((cost[0] if isinstance(cost, list) else cost)["flops"])
+    assert flops
+    return max(flops)
+
+
 # ------------------------------------------------------------------ embedded tiny default model
 
 
@@ -76,13 +88,13 @@ def tiny_ref(prompt):
     vx = default_model()
     res = vx.prefill(ids, px, ratio=2)
     new, step_logits = vx.generate(ids, px, ratio=2, max_new_tokens=8, return_logits=True)
-    return res, new, step_logits
+    return res, new, step_logits, _window_flops(vx)
 
 
 @pytest.mark.parametrize("mesh", MESHES, ids=MESH_IDS)
 def test_default_model_sharded_equals_single_device(prompt, tiny_ref, mesh):
     ids, px = prompt
-    ref, ref_new, ref_step = tiny_ref
+    ref, ref_new, ref_step, ref_flops = tiny_ref
     vx = default_model(mesh=mesh)
     assert _mesh_sizes(vx) == mesh
     _assert_params_sharded(vx, mesh)
@@ -98,6 +110,8 @@ def test_default_model_sharded_equals_single_device(prompt, tiny_ref, mesh):
     np.testing.assert_allclose(step_logits, ref_step, atol=ATOL, rtol=0)
     _assert_memory_placement(vx, vx.last_memory)
     _assert_compiled_sharded(vx)
+    # the work is split, not repeated: each device runs a fraction of the single-device window scan
+    assert _window_flops(vx) < 0.8 * ref_flops, (_window_flops(vx), ref_flops)
 
 
 def test_kv_memory_split_over_kv_heads_with_tensor4(tiny_cfg, prompt):
