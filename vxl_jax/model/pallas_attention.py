@@ -125,13 +125,11 @@ def _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks
     args = (q, k, v, valid, mem_k, mem_v, mem_len, layer)
     if interpret is not None:
         return _kernel_forward(*args, causal, scale, blocks, interpret)
-    if tpu_supported(q.shape[-1], k.shape[2], *_kv_dtypes(k, mem_k)):
-        tpu = functools.partial(_call_kernel, causal=causal, scale=scale, blocks=blocks, interpret=False)
-    else:
-        tpu = functools.partial(_call_blocked, causal=causal, scale=scale)
-    cpu = functools.partial(_call_kernel, causal=causal, scale=scale, blocks=blocks, interpret=True)
-    return jax.lax.platform_dependent(*args, tpu=tpu, cpu=cpu, default=functools.partial(_call_blocked, causal=causal,
-                                                                                          scale=scale))
+    kernel = functools.partial(_call_kernel, causal=causal, scale=scale, blocks=blocks)
+    fallback = functools.partial(_call_blocked, causal=causal, scale=scale)
+    tpu = functools.partial(kernel, interpret=False) if tpu_supported(q.shape[-1], k.shape[2],
+                                                                      *_kv_dtypes(k, mem_k)) else fallback
+    return jax.lax.platform_dependent(*args, tpu=tpu, cpu=functools.partial(kernel, interpret=True), default=fallback)
 
 
 def _call_kernel(*args, causal, scale, blocks, interpret):
@@ -218,11 +216,11 @@ def _attention_bwd(causal, scale, blocks, interpret, res, dout):
     if interpret is not None:
         grads = kernel(*args, interpret=interpret)
     else:  # as the forward: chosen when lowering
-        on_tpu = tpu_supported(q.shape[-1], k.shape[2], *_kv_dtypes(k, mem_k))
-        tpu = (functools.partial(kernel, interpret=False) if on_tpu
-               else functools.partial(_blocked_backward, causal=causal, scale=scale))
+        fallback = functools.partial(_blocked_backward, causal=causal, scale=scale)
+        tpu = functools.partial(kernel, interpret=False) if tpu_supported(q.shape[-1], k.shape[2],
+                                                                          *_kv_dtypes(k, mem_k)) else fallback
         grads = jax.lax.platform_dependent(*args, tpu=tpu, cpu=functools.partial(kernel, interpret=True),
-                                           default=functools.partial(_blocked_backward, causal=causal, scale=scale))
+                                           default=fallback)
     dq, dk, dv, dmk, dmv = grads
     return dq, dk, dv, None, dmk, dmv, None, None
 
