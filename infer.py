@@ -93,31 +93,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stats", action="store_true", help="print frames, tokens, memory size and timings to stderr")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes (errors still go to stderr)")
-    p.add_argument("--compile-cache", metavar="DIR", default=default_cache_dir(),
+    p.add_argument("--compile-cache", metavar="DIR", default=None,
                    help="persistent XLA compilation cache, makes repeated runs start faster; 'none' disables it "
-                        "(default %(default)s)")
+                        "(default: $VXL_JAX_CACHE, else $XDG_CACHE_HOME/vxl_jax/xla, else ~/.cache/vxl_jax/xla)")
     return p.parse_args(argv)
 
 
-def default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "vxl_jax", "xla")
+def enable_compile_cache(path: str | None) -> None:
+    """Persist compiled XLA programs (:mod:`vxl_jax.compile_cache`, shared with training): under ``path``, default
+    ``$VXL_JAX_CACHE`` or ``$XDG_CACHE_HOME/vxl_jax/xla``; 'none' disables it; JAX_COMPILATION_CACHE_DIR wins."""
+    from vxl_jax.compile_cache import default_cache_dir, enable_compilation_cache
 
-
-def enable_compile_cache(path: str) -> None:
-    """Persist compiled XLA programs under ``path`` (unless JAX_COMPILATION_CACHE_DIR already chose one)."""
-    if not path or path.lower() == "none" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return
-    import jax
-
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        log(f"note: compilation cache disabled ({path}: {e.strerror})")
-        return
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    path = default_cache_dir() if path is None else path
+    if (enable_compilation_cache(path) is None and path and path.lower() != "none"
+            and not os.environ.get("JAX_COMPILATION_CACHE_DIR")):
+        log(f"note: compilation cache disabled ({path} cannot be created)")
 
 
 def parse_ratio(text) -> int | list[int]:
