@@ -185,7 +185,8 @@ def bf16_greedy_ids(golden_dir: str) -> int:
             same = np.array_equal(a, b)
             mismatches += not same
             print(f"bf16 greedy ids, video r{ratio}: {jax.devices()[0].platform} {a.tolist()} vs cpu {b.tolist()}"
-                  f" -> {'equal' if same else 'DIFFERENT'}")
+                  f" -> {'equal' if same else 'DIFFERENT'} (the original's fp32 ids: "
+                  f"{cases[f'video_r{ratio}.generated_ids'].tolist()})")
     return mismatches
 
 
