@@ -82,6 +82,20 @@ def test_sampler_is_a_permutation_of_each_global_batch():
     assert repr(one) == repr(two)  # grain validates a restored state against it: no process count in it
 
 
+def test_batch_rows_per_process_are_checked():
+    """The rows a process must load are those its devices hold; a mismatch is a clear error, not a shape error."""
+    from vxl_jax import sharding as sh
+    from vxl_jax.distributed import check_process_batch, process_rows
+    from vxl_jax.train.step import batch_shardings
+
+    mesh = sh.make_mesh((2, 2, 2))
+    shard = batch_shardings(mesh, {"x": np.zeros((1, 4, 3))})["x"]
+    assert process_rows(shard, (1, 4, 3), axis=1) == 4  # one process holds every device here
+    check_process_batch(shard, (1, 4, 3), 4)
+    with pytest.raises(ValueError, match="loads 2 of the 4 batch rows.*places 4 rows"):
+        check_process_batch(shard, (1, 4, 3), 2)
+
+
 def _bench(only, timeout):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "multihost.py"), "--only", only],
                        capture_output=True, text=True, timeout=timeout, cwd=ROOT)
