@@ -184,7 +184,8 @@ def main(argv=None) -> int:
         if args.only in (None, "prefill"):
             rows, good = bench_prefill(tmp, cache, args.timeout)
             print("\nsharded prefill + 6 greedy tokens, embedded tiny model")
-            print("| mesh | parameter shards on processes | max abs logit diff vs 1 device | same greedy ids | pair wall s |")
+            print("| mesh | parameter shards on processes | max abs logit diff vs 1 device | same greedy ids "
+                  "| pair wall s |")
             print("|---|---|---|---|---|")
             for m, procs, d, same, t in rows:
                 print(f"| {m} | {procs} | {d:.1e} | {same} | {t:.0f} |")

@@ -37,8 +37,8 @@ SPEC = SampleSpec(max_prefix=8, max_suffix=48, frames_upbound=2, image_size=56)
 
 
 def _loader(monkeypatch, process, count, state=None):
-    monkeypatch.setattr(pipeline, "shard_options",
-                        lambda: grain.sharding.ShardOptions(shard_index=process, shard_count=count, drop_remainder=True))
+    options = grain.sharding.ShardOptions(shard_index=process, shard_count=count, drop_remainder=True)
+    monkeypatch.setattr(pipeline, "shard_options", lambda: options)
     ld = TrainLoader(_records(), SPEC, BATCH // count, ACCUM, seed=3)
     if state is not None:
         ld.set_state(json.loads(json.dumps(state)))

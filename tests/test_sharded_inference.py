@@ -102,13 +102,13 @@ def test_default_model_sharded_equals_single_device(prompt, tiny_ref, mesh):
     np.testing.assert_allclose(res.logits, ref.logits, atol=ATOL, rtol=0)
     assert res.sizes == ref.sizes
     n = res.sizes["total"]
-    np.testing.assert_allclose(np.asarray(res.memory.k)[:, :, :n], np.asarray(ref.memory.k)[:, :, :n], atol=ATOL, rtol=0)
-    np.testing.assert_allclose(np.asarray(res.memory.v)[:, :, :n], np.asarray(ref.memory.v)[:, :, :n], atol=ATOL, rtol=0)
+    for got, want in ((res.memory.k, ref.memory.k), (res.memory.v, ref.memory.v)):
+        np.testing.assert_allclose(np.asarray(got)[:, :, :n], np.asarray(want)[:, :, :n], atol=ATOL, rtol=0)
     _assert_memory_placement(vx, res.memory)
-    new, step_logits = vx.generate(ids, px, ratio=2, max_new_tokens=8, return_logits=True)
-    np.testing.assert_array_equal(new, ref_new)
-    np.testing.assert_allclose(step_logits, ref_step, atol=ATOL, rtol=0)
-    _assert_memory_placement(vx, vx.last_memory)
+    out = vx.generate(ids, px, ratio=2, max_new_tokens=8, return_logits=True, return_output=True)
+    np.testing.assert_array_equal(out.ids, ref_new)
+    np.testing.assert_allclose(out.step_logits, ref_step, atol=ATOL, rtol=0)
+    _assert_memory_placement(vx, out.memory)
     _assert_compiled_sharded(vx)
     # the work is split, not repeated: each device runs a fraction of the single-device window scan
     assert _window_flops(vx) < 0.8 * ref_flops, (_window_flops(vx), ref_flops)

@@ -188,9 +188,9 @@ def _grain_state_at(fresh: dict, consumed: int, shard_index: int, shard_count: i
         state["last_seen_indices"] = {"0": shard_index - shard_count + consumed * shard_count}
         return state
     g = workers * shard_count
-    state["last_seen_indices"] = {str(w): shard_index - g + w * shard_count + (consumed - w + workers - 1) // workers * g
-                                  for w in range(workers)}
-    state["last_worker_index"] = (consumed - 1) % workers
+    served = [(consumed - w + workers - 1) // workers for w in range(workers)]  # items drawn from worker w
+    state["last_seen_indices"] = {str(w): shard_index - g + w * shard_count + served[w] * g for w in range(workers)}
+    state["last_worker_index"] = consumed % workers - 1
     return state
 
 
