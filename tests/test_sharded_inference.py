@@ -217,3 +217,38 @@ def test_golden_image_and_text_cases_sharded(golden_converted):
                                   C["image_r2.generated_ids"])
     text = vx.prefill(C["text.input_ids"][0], None)
     np.testing.assert_allclose(text.logits, C["text.logits_full"], atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------ infer.py --mesh
+
+
+def test_infer_cli_mesh(tmp_path):
+    """``infer.py --mesh tensor=2`` prints the single-device API answer; a bad --mesh is one line, exit 2."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    from vxl_jax.preprocess import preprocess_frames
+    from vxl_jax.prompt import question_ids
+    from vxl_jax.video import load_video, write_sample_video
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    write_sample_video(tmp_path / "clip.mp4", num_frames=12, size=(160, 96))
+    vx = default_model()
+    frames, _ = load_video(tmp_path / "clip.mp4", 12)
+    question = "What is in the video?"
+    want = vx.tokenizer.decode(vx.generate(question_ids(question, vx.tokenizer), preprocess_frames(frames), ratio=8,
+                                           max_new_tokens=4), skip_special_tokens=True).strip()
+
+    def infer(*args):
+        cmd = [sys.executable, str(root / "infer.py"), "--video", "clip.mp4", "--question", question, "--frames", "12",
+               "--max-new-tokens", "4", "--quiet", "--compile-cache", "none", *args]
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+
+    r = infer("--mesh", "tensor=2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == want + "\n"
+    r = infer("--mesh", "tensr=2")
+    assert r.returncode == 2 and "--mesh" in r.stderr and "Traceback" not in r.stderr
