@@ -67,50 +67,62 @@ def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], kee
     policy come from ``model.cfg.runtime`` (the one place runtime settings live).
     Returns (loss_sum fp32 scalar, n_tokens int32 scalar).
     """
-    cfg = model.cfg
-    lm, b, rt = model.lm, cfg.beacon, cfg.runtime
-    dtype = model.compute_dtype
+    b = model.cfg.beacon
     ratios = tuple(int(r) for r in ratios)
-    prefix_ids, suffix_ids, pixels = batch["prefix_ids"], batch["suffix_ids"], batch["pixels"]
-    B, P = prefix_ids.shape
-    S = suffix_ids.shape[1]
+    prefix_ids, pixels = batch["prefix_ids"], batch["pixels"]
     F = pixels.shape[1]
-    fpw = b.frames_per_window
     W = b.windows_for_frames(F)
     if ratio_idx.shape != (W,):
         raise ValueError(f"ratio_idx must have shape ({W},) for {F} frames, got {ratio_idx.shape}")
-    capacity = P + W * (b.window // min(ratios))
-    mem = KVMemory.empty(cfg.lm.num_layers, B, capacity, cfg.lm.num_kv_heads, cfg.lm.head_dim, dtype)
-    k, v = constrain_memory(mem.k, mem.v)
-    mem = mem.replace(k=k, v=v)
-
+    mem = _empty_memory(model, prefix_ids.shape[0], prefix_ids.shape[1] + W * (b.window // min(ratios)))
     # Prefix: plain causal text (positions 0..P-1: the memory is empty), kept in full as the sink.
-    t = jnp.arange(P, dtype=jnp.int32)[None]
-    hidden, mem = text_step(model, mem, embed_tokens(lm, prefix_ids, dtype), batch["prefix_len"], kind="prefix",
-                            sliced_memory=True)
-    loss, count = vocab_parallel_loss(lm, hidden, jnp.where(t < batch["prefix_len"][:, None],
-                                                            batch["prefix_labels"], IGNORE_INDEX))
-
+    loss, count, mem = _scored_text(model, mem, prefix_ids, batch["prefix_labels"], batch["prefix_len"],
+                                    kind="prefix")
     # Video: one scan over windows; CLIP + projector + pool run inside each window step.
     if W:
-        pad = W * fpw - F
-        px = jnp.pad(pixels, [(0, 0), (0, pad)] + [(0, 0)] * (pixels.ndim - 2))
-        windows = px.reshape(B, W, fpw, *pixels.shape[2:]).swapaxes(0, 1)  # [W, B, fpw, *frame]
-        windows = constrain(windows, (None, "batch") + (None,) * (windows.ndim - 2))
-        n_valid = window_token_counts(batch["num_frames"] * b.tokens_per_frame, W, b.window)
-        kw = dict(ratios=ratios, from_pixels=True, attention=rt.attention, remat=rt.remat, keep=keep_memory)
-        if window_backward == "lean":
-            mem = compress_windows_lean(model, mem, windows, n_valid, ratio_idx, **kw)
-        elif window_backward in ("checkpoint", "plain"):
-            mem = compress_windows(model, mem, windows, n_valid, ratio_idx, window_remat=window_backward == "checkpoint",
-                                   sliced_memory=True, **kw)
-        else:
-            raise ValueError(f"window_backward must be 'lean', 'checkpoint' or 'plain', got {window_backward!r}")
-
+        mem = _compress_video(model, mem, pixels, batch["num_frames"], ratio_idx, ratios=ratios,
+                              keep_memory=keep_memory, window_backward=window_backward)
     # Suffix: reads [prefix || beacons]; scored.
-    t = jnp.arange(S, dtype=jnp.int32)[None]
-    hidden, _ = text_step(model, mem, embed_tokens(lm, suffix_ids, dtype), batch["suffix_len"], kind=None,
-                          sliced_memory=True)
-    s_loss, s_count = vocab_parallel_loss(lm, hidden, jnp.where(t < batch["suffix_len"][:, None],
-                                                                batch["suffix_labels"], IGNORE_INDEX))
+    s_loss, s_count, _ = _scored_text(model, mem, batch["suffix_ids"], batch["suffix_labels"], batch["suffix_len"],
+                                      kind=None)
     return loss + s_loss, count + s_count
+
+
+def _empty_memory(model, B: int, capacity: int) -> KVMemory:
+    """An empty memory [L, B, capacity, KV, Dh] in the compute dtype, laid out by the sharding rules."""
+    lm = model.cfg.lm
+    mem = KVMemory.empty(lm.num_layers, B, capacity, lm.num_kv_heads, lm.head_dim, model.compute_dtype)
+    k, v = constrain_memory(mem.k, mem.v)
+    return mem.replace(k=k, v=v)
+
+
+def _scored_text(model, mem: KVMemory, ids, labels, length, *, kind):
+    """Text ids [B, T] (``length`` [B] real) over ``mem``, scored against ``labels`` [B, T] (rows past the
+    length ignored) -> (loss_sum, n_tokens, memory; with the text appended when ``kind`` is "prefix")."""
+    lm = model.lm
+    hidden, mem = text_step(model, mem, embed_tokens(lm, ids, model.compute_dtype), length, kind=kind,
+                            sliced_memory=True)
+    t = jnp.arange(ids.shape[1], dtype=jnp.int32)[None]
+    loss, count = vocab_parallel_loss(lm, hidden, jnp.where(t < length[:, None], labels, IGNORE_INDEX))
+    return loss, count, mem
+
+
+def _compress_video(model, mem: KVMemory, pixels, num_frames, ratio_idx, *, ratios: tuple[int, ...],
+                    keep_memory: bool, window_backward: str) -> KVMemory:
+    """Frames [B, F, ...] (``num_frames`` [B] real) cut into W windows [W, B, fpw, ...] and compressed into
+    ``mem`` by one scan (the backward as ``window_backward`` picks, see :func:`windowed_loss`)."""
+    b, rt = model.cfg.beacon, model.cfg.runtime
+    B, F = pixels.shape[:2]
+    fpw = b.frames_per_window
+    W = b.windows_for_frames(F)
+    px = jnp.pad(pixels, [(0, 0), (0, W * fpw - F)] + [(0, 0)] * (pixels.ndim - 2))
+    windows = px.reshape(B, W, fpw, *pixels.shape[2:]).swapaxes(0, 1)  # [W, B, fpw, *frame]
+    windows = constrain(windows, (None, "batch") + (None,) * (windows.ndim - 2))
+    n_valid = window_token_counts(num_frames * b.tokens_per_frame, W, b.window)
+    kw = dict(ratios=ratios, from_pixels=True, attention=rt.attention, remat=rt.remat, keep=keep_memory)
+    if window_backward == "lean":
+        return compress_windows_lean(model, mem, windows, n_valid, ratio_idx, **kw)
+    if window_backward in ("checkpoint", "plain"):
+        return compress_windows(model, mem, windows, n_valid, ratio_idx, window_remat=window_backward == "checkpoint",
+                                sliced_memory=True, **kw)
+    raise ValueError(f"window_backward must be 'lean', 'checkpoint' or 'plain', got {window_backward!r}")
