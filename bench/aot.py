@@ -26,12 +26,14 @@ largest step. The largest frame count that fits a slice comes from a line throug
 frame counts of every step (the arguments grow with the kept KV), checked by one more compile of each
 step at that count unless ``--no-check``. HBM per chip (nominal): v5p 95 GiB, v5e 16 GiB, v6e 32 GiB.
 
-    .venv-tpu/bin/python bench/aot.py                                  # all tables (~1 h here)
+    .venv-tpu/bin/python bench/aot.py                                  # all tables (~1-2 h here)
     .venv-tpu/bin/python bench/aot.py --train 128,256 --infer ""       # train only (two 7B compiles)
     .venv-tpu/bin/python bench/aot.py --train "" --slices v5e:2x4      # inference on one slice
     .venv-tpu/bin/python bench/aot.py --train "" --frames 2048 --no-fit --steps windows
 
-One 7B train compile takes ~7 min and ~11 GB of host RSS on 2 cores; inference compiles are smaller.
+One 7B train compile takes ~7 min and ~11 GB of host RSS on 2 idle cores (45 min under load); the
+inference compiles 10 s - 8 min each and ~1.7 GB. libtpu allows one process at a time (a lockfile):
+set ALLOW_MULTIPLE_LIBTPU_LOAD=1 to compile in a second process while another one holds it.
 """
 
 from __future__ import annotations
