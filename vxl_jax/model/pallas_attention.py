@@ -38,7 +38,7 @@ from jax.experimental.pallas import tpu as pltpu
 from vxl_jax import sharding as sh
 from vxl_jax.model import blocked
 from vxl_jax.model.pallas_attention_bwd import backward as pallas_backward
-from vxl_jax.model.pallas_tiles import NEG, Plan, head_rows, pad_rows
+from vxl_jax.model.pallas_tiles import NEG, Plan, head_rows, tiled_operands
 
 BLOCK_Q = 256  # query rows per tile (shrunk to fit the chunk; multiple of 8)
 BLOCK_K = 256  # chunk keys per tile (multiple of 128 on TPU)
@@ -48,12 +48,13 @@ ACC_BYTES = 4 << 20  # query tiles shrink so the fp32 accumulator [tq, H * Dh] s
 
 def _kernel(mem_len_ref, layer_ref, *refs, plan: Plan, has_mem: bool, causal: bool, scale: float, KV: int,
             G: int, D: int):
+    """One (batch row b, query tile i, key step j) step: key steps run over the memory tiles, then the chunk
+    tiles; running max / sum / output of every head live in scratch until the last step writes them out."""
     if has_mem:
         q_ref, mk_ref, mv_ref, k_ref, v_ref, valid_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc = refs
     else:
         q_ref, k_ref, v_ref, valid_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc = refs
     b, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    tq = plan.tq
 
     @pl.when(j == 0)
     def _init():
@@ -70,48 +71,50 @@ def _kernel(mem_len_ref, layer_ref, *refs, plan: Plan, has_mem: bool, causal: bo
             if key_ok is not None:
                 v = jnp.where(key_ok, v, 0)
             for g in range(G):
-                h = kv * G + g
-                lanes = slice(h * D, (h + 1) * D)
-                s = jax.lax.dot_general(q_ref[:, lanes], k, (((1,), (1,)), ((), ())),
-                                        preferred_element_type=jnp.float32) * scale
-                s = jnp.where(ok, s, NEG)
-                m_prev = m_sc[:, h:h + 1]
-                m_new = jnp.maximum(m_prev, jnp.max(s, axis=-1, keepdims=True))
-                p = jnp.where(ok, jnp.exp(s - m_new), 0.0)
-                corr = jnp.exp(m_prev - m_new)
-                l_sc[:, h:h + 1] = l_sc[:, h:h + 1] * corr + jnp.sum(p, axis=-1, keepdims=True)
-                acc_sc[:, lanes] = acc_sc[:, lanes] * corr + jax.lax.dot_general(
-                    p.astype(v.dtype), v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-                m_sc[:, h:h + 1] = m_new
+                _fold_head(q_ref, k, v, ok, kv * G + g, D, scale, m_sc, l_sc, acc_sc)
 
     if has_mem:
         mem_len = mem_len_ref[b]
 
         @pl.when((j < plan.n_mem) & (j * plan.mb < mem_len))
         def _memory():
-            cols = j * plan.mb + jax.lax.broadcasted_iota(jnp.int32, (tq, plan.mb), 1)
-            slots = j * plan.mb + jax.lax.broadcasted_iota(jnp.int32, (plan.mb, 1), 0)
             # unfilled slots (and the tail of a partial last tile) may hold anything: zero their values
-            merge(mk_ref, mv_ref, plan.mb, cols < mem_len, slots < mem_len)
+            merge(mk_ref, mv_ref, plan.mb, *plan.memory_visible(j, mem_len))
 
     c = j - plan.n_mem
 
     @pl.when((c >= 0) & (c <= plan.last_chunk_tile(i, causal)))
     def _chunk():
-        ok = jnp.broadcast_to(valid_ref[...] != 0, (tq, plan.kb))
-        if causal:
-            rows = i * tq + jax.lax.broadcasted_iota(jnp.int32, (tq, plan.kb), 0)
-            cols = c * plan.kb + jax.lax.broadcasted_iota(jnp.int32, (tq, plan.kb), 1)
-            ok = ok & (cols <= rows)
-        merge(k_ref, v_ref, plan.kb, ok)
+        merge(k_ref, v_ref, plan.kb, plan.chunk_visible(valid_ref, i, c, causal))
 
     @pl.when(j == pl.num_programs(2) - 1)
     def _finish():
-        for h in range(KV * G):
-            l = l_sc[:, h:h + 1]
-            safe = jnp.where(l > 0, l, 1.0)  # a row that sees nothing gives 0, not NaN
-            o_ref[:, h * D:(h + 1) * D] = (acc_sc[:, h * D:(h + 1) * D] / safe).astype(o_ref.dtype)
-            lse_ref[:, h:h + 1] = jnp.where(l > 0, m_sc[:, h:h + 1] + jnp.log(safe), jnp.inf)
+        _write_output(o_ref, lse_ref, m_sc, l_sc, acc_sc, KV * G, D)
+
+
+def _fold_head(q_ref, k, v, ok, h: int, D: int, scale: float, m_sc, l_sc, acc_sc):
+    """Online-softmax update of head h's running max / sum / output (scratch refs) with one key tile:
+    k, v [n, D] of its KV head, visible where ok [tq, n]."""
+    lanes = slice(h * D, (h + 1) * D)
+    s = jax.lax.dot_general(q_ref[:, lanes], k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
+    s = jnp.where(ok, s, NEG)
+    m_prev = m_sc[:, h:h + 1]
+    m_new = jnp.maximum(m_prev, jnp.max(s, axis=-1, keepdims=True))
+    p = jnp.where(ok, jnp.exp(s - m_new), 0.0)
+    corr = jnp.exp(m_prev - m_new)
+    l_sc[:, h:h + 1] = l_sc[:, h:h + 1] * corr + jnp.sum(p, axis=-1, keepdims=True)
+    acc_sc[:, lanes] = acc_sc[:, lanes] * corr + jax.lax.dot_general(
+        p.astype(v.dtype), v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    m_sc[:, h:h + 1] = m_new
+
+
+def _write_output(o_ref, lse_ref, m_sc, l_sc, acc_sc, H: int, D: int):
+    """Normalized output [tq, H * D] and log-sum-exp [tq, H] of every head from the running statistics."""
+    for h in range(H):
+        l = l_sc[:, h:h + 1]
+        safe = jnp.where(l > 0, l, 1.0)  # a row that sees nothing gives 0, not NaN
+        o_ref[:, h * D:(h + 1) * D] = (acc_sc[:, h * D:(h + 1) * D] / safe).astype(o_ref.dtype)
+        lse_ref[:, h:h + 1] = jnp.where(l > 0, m_sc[:, h:h + 1] + jnp.log(safe), jnp.inf)
 
 
 def _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks, interpret):
@@ -148,34 +151,18 @@ def _kernel_forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale,
     has_mem = mem_k is not None
     M = mem_k.shape[-3] if has_mem else 0
     plan = _plan(q, M, blocks)
-    q2 = pad_rows(q.reshape(B, T, H * D), plan.tq_pad)
-    k2 = pad_rows(k, plan.tk_pad).reshape(B, plan.tk_pad * KV, D)  # slot-major rows: t * KV + kv
-    v2 = pad_rows(v, plan.tk_pad).reshape(B, plan.tk_pad * KV, D)
-    valid2 = pad_rows(valid.astype(jnp.int32), plan.tk_pad)[:, None, :]  # [B, 1, Tk]: keys on lanes
-    mem_len = jnp.zeros((B,), jnp.int32) if mem_len is None else mem_len.astype(jnp.int32)
-    layer = jnp.zeros((1,), jnp.int32) if layer is None else jnp.reshape(layer, (1,)).astype(jnp.int32)
-
-    def chunk_tile(i, j):
-        return jnp.clip(j - plan.n_mem, 0, plan.last_chunk_tile(i, causal))
-
-    def mem_tile(b, j, lens):
-        last = jnp.maximum(jax.lax.div(lens[b] + plan.mb - 1, plan.mb) - 1, 0)
-        return jnp.minimum(jnp.minimum(j, last), plan.n_mem - 1)
-
+    ops = tiled_operands(plan, q, k, v, valid, mem_k, mem_v, mem_len, layer)
     q_spec = pl.BlockSpec((None, plan.tq, H * D), lambda b, i, j, lens, lyr: (b, i, 0))
-    in_specs, args = [q_spec], [q2]
+    in_specs, args = [q_spec], [ops.q]
     if has_mem:
-        L = mem_k.shape[0] if mem_k.ndim == 5 else 1
-        # [(L,) B, M, KV, D] -> [L, B, M * KV, D]: the same bytes (TPU tiles the (KV, D) pair row-major)
-        mk, mv = (m.reshape(L, B, M * KV, D) for m in (mem_k, mem_v))
         mem_spec = pl.BlockSpec((1, 1, plan.mb * KV, D),
-                                lambda b, i, j, lens, lyr: (lyr[0], b, mem_tile(b, j, lens), 0))
+                                lambda b, i, j, lens, lyr: (lyr[0], b, plan.mem_tile(b, j, lens), 0))
         in_specs += [mem_spec, mem_spec]
-        args += [mk, mv]
-    kv_spec = pl.BlockSpec((1, plan.kb * KV, D), lambda b, i, j, lens, lyr: (b, chunk_tile(i, j), 0))
-    valid_spec = pl.BlockSpec((None, 1, plan.kb), lambda b, i, j, lens, lyr: (b, 0, chunk_tile(i, j)))
+        args += [ops.mem_k, ops.mem_v]
+    kv_spec = pl.BlockSpec((1, plan.kb * KV, D), lambda b, i, j, lens, lyr: (b, plan.chunk_tile(i, j, causal), 0))
+    valid_spec = pl.BlockSpec((None, 1, plan.kb), lambda b, i, j, lens, lyr: (b, 0, plan.chunk_tile(i, j, causal)))
     in_specs += [kv_spec, kv_spec, valid_spec]
-    args += [k2, v2, valid2]
+    args += [ops.k, ops.v, ops.valid]
 
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=2,
@@ -194,7 +181,7 @@ def _kernel_forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale,
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
         interpret=interpret,
         name="vxl_memory_chunk_attention",
-    )(mem_len, layer, *args)
+    )(ops.mem_len, ops.layer, *args)
     out = out[:, :T].reshape(B, T, H, D)
     return out, jnp.transpose(lse[:, :T].reshape(B, T, KV, G), (0, 2, 3, 1))
 

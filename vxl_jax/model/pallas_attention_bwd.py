@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from vxl_jax.model.pallas_tiles import Plan, head_rows, pad_rows
+from vxl_jax.model.pallas_tiles import Operands, Plan, head_rows, pad_rows, tiled_operands
 
 
 def _tile_probs(q_ref, do_ref, lse_ref, delta_ref, k, v, ok, h, D, scale):
@@ -49,7 +49,6 @@ def _dq_kernel(mem_len_ref, layer_ref, *refs, plan: Plan, has_mem, causal, scale
     else:
         q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, valid_ref, dq_ref, acc = refs
     b, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    tq = plan.tq
 
     @pl.when(j == 0)
     def _init():
@@ -68,29 +67,17 @@ def _dq_kernel(mem_len_ref, layer_ref, *refs, plan: Plan, has_mem, causal, scale
 
         @pl.when((j < plan.n_mem) & (j * plan.mb < mem_len))
         def _memory():
-            cols = j * plan.mb + jax.lax.broadcasted_iota(jnp.int32, (tq, plan.mb), 1)
-            slots = j * plan.mb + jax.lax.broadcasted_iota(jnp.int32, (plan.mb, 1), 0)
-            add(mk_ref, mv_ref, plan.mb, cols < mem_len, slots < mem_len)
+            add(mk_ref, mv_ref, plan.mb, *plan.memory_visible(j, mem_len))
 
     c = j - plan.n_mem
 
     @pl.when((c >= 0) & (c <= plan.last_chunk_tile(i, causal)))
     def _chunk():
-        add(k_ref, v_ref, plan.kb, _chunk_ok(valid_ref, i, c, plan, causal))
+        add(k_ref, v_ref, plan.kb, plan.chunk_visible(valid_ref, i, c, causal))
 
     @pl.when(j == pl.num_programs(2) - 1)
     def _finish():
         dq_ref[...] = acc[...].astype(dq_ref.dtype)
-
-
-def _chunk_ok(valid_ref, i, c, plan: Plan, causal):
-    """[tq, kb] bool: chunk key tile c visible from query tile i."""
-    ok = jnp.broadcast_to(valid_ref[...] != 0, (plan.tq, plan.kb))
-    if causal:
-        rows = i * plan.tq + jax.lax.broadcasted_iota(jnp.int32, (plan.tq, plan.kb), 0)
-        cols = c * plan.kb + jax.lax.broadcasted_iota(jnp.int32, (plan.tq, plan.kb), 1)
-        ok = ok & (cols <= rows)
-    return ok
 
 
 def _dkv_kernel(mem_len_ref, layer_ref, q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, valid_ref, dk_ref, dv_ref,
@@ -123,13 +110,11 @@ def _dkv_kernel(mem_len_ref, layer_ref, q_ref, do_ref, lse_ref, delta_ref, k_ref
 
         @pl.when(j * plan.mb < mem_len)
         def _memory():
-            cols = j * plan.mb + jax.lax.broadcasted_iota(jnp.int32, (plan.tq, plan.mb), 1)
-            slots = j * plan.mb + jax.lax.broadcasted_iota(jnp.int32, (plan.mb, 1), 0)
-            add(cols < mem_len, slots < mem_len)
+            add(*plan.memory_visible(j, mem_len))
     else:
         @pl.when(j <= plan.last_chunk_tile(i, causal))
         def _chunk():
-            add(_chunk_ok(valid_ref, i, j, plan, causal))
+            add(plan.chunk_visible(valid_ref, i, j, causal))
 
     @pl.when(i == pl.num_programs(2) - 1)
     def _finish():
@@ -142,94 +127,91 @@ def backward(q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse, dout, *, ca
     """-> (dq, dk, dv, dmem_k, dmem_v) in the primal dtypes; lse fp32 [B, T, H] (+inf: row sees nothing)."""
     B, T, H, D = q.shape
     KV = k.shape[2]
-    G = H // KV
-    has_mem = mem_k is not None
-    M = mem_k.shape[-3] if has_mem else 0
-    f32 = jnp.float32
-    delta = jnp.sum(dout.astype(f32) * out.astype(f32), -1)  # [B, T, H]
-    q2 = pad_rows(q.reshape(B, T, H * D), plan.tq_pad)
-    do2 = pad_rows(dout.astype(q.dtype).reshape(B, T, H * D), plan.tq_pad)
-    lse2 = jnp.pad(lse, [(0, 0), (0, plan.tq_pad - T), (0, 0)], constant_values=jnp.inf)
-    delta2 = pad_rows(delta, plan.tq_pad)
-    k2 = pad_rows(k, plan.tk_pad).reshape(B, plan.tk_pad * KV, D)
-    v2 = pad_rows(v, plan.tk_pad).reshape(B, plan.tk_pad * KV, D)
-    valid2 = pad_rows(valid.astype(jnp.int32), plan.tk_pad)[:, None, :]
-    mem_len = jnp.zeros((B,), jnp.int32) if mem_len is None else mem_len.astype(jnp.int32)
-    lyr = jnp.zeros((1,), jnp.int32) if layer is None else jnp.reshape(layer, (1,)).astype(jnp.int32)
-    L = (mem_k.shape[0] if mem_k.ndim == 5 else 1) if has_mem else 1
-    mk, mv = ((m.reshape(L, B, M * KV, D) for m in (mem_k, mem_v)) if has_mem else (None, None))
-    static = dict(causal=causal, scale=scale, KV=KV, G=G, D=D)
-    params = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
-
-    def mem_tile(b, j, lens):
-        last = jnp.maximum(jax.lax.div(lens[b] + plan.mb - 1, plan.mb) - 1, 0)
-        return jnp.minimum(jnp.minimum(j, last), plan.n_mem - 1)
-
-    def chunk_tile(i, j):
-        return jnp.clip(j - plan.n_mem, 0, plan.last_chunk_tile(i, causal))
-
-    def row_specs(tile):  # q, dout [tq, H * D] and lse, delta [tq, H] of query tile tile(...)
-        full = pl.BlockSpec((None, plan.tq, H * D), lambda *g: (g[0], tile(*g), 0))
-        stat = pl.BlockSpec((None, plan.tq, H), lambda *g: (g[0], tile(*g), 0))
-        return [full, full, stat, stat]
-
-    rows = [q2, do2, lse2, delta2]
-
-    # dq: the forward's grid
-    in_specs = row_specs(lambda b, i, j, lens, ly: i)
-    args = list(rows)
-    if has_mem:
-        spec = pl.BlockSpec((1, 1, plan.mb * KV, D), lambda b, i, j, lens, ly: (ly[0], b, mem_tile(b, j, lens), 0))
-        in_specs += [spec, spec]
-        args += [mk, mv]
-    kv_spec = pl.BlockSpec((1, plan.kb * KV, D), lambda b, i, j, lens, ly: (b, chunk_tile(i, j), 0))
-    in_specs += [kv_spec, kv_spec, pl.BlockSpec((None, 1, plan.kb), lambda b, i, j, lens, ly: (b, 0, chunk_tile(i, j)))]
-    args += [k2, v2, valid2]
-    dq = pl.pallas_call(
-        functools.partial(_dq_kernel, plan=plan, has_mem=has_mem, **static),
-        grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=2, grid=(B, plan.nq, plan.n_mem + plan.nk), in_specs=in_specs,
-            out_specs=pl.BlockSpec((None, plan.tq, H * D), lambda b, i, j, lens, ly: (b, i, 0)),
-            scratch_shapes=[pltpu.VMEM((plan.tq, H * D), f32)]),
-        out_shape=jax.ShapeDtypeStruct((B, plan.tq_pad, H * D), q.dtype),
-        compiler_params=params, interpret=interpret, name="vxl_attention_dq",
-    )(mem_len, lyr, *args)
-    dq = dq[:, :T].reshape(B, T, H, D)
-
-    def dkv(memory: bool):
-        n, count = (plan.mb, plan.n_mem) if memory else (plan.kb, plan.nk)
-        if memory:  # query tiles of a tile past the length are never read: keep the block index still
-            q_tile = lambda b, j, i, lens, ly: jnp.where(j * plan.mb < lens[b], i, 0)  # noqa: E731
-            key = pl.BlockSpec((1, 1, n * KV, D), lambda b, j, i, lens, ly: (ly[0], b, mem_tile(b, j, lens), 0))
-            keys = [mk, mv]
-        else:  # query tiles above the diagonal are skipped: start at the first one that sees tile j
-            first = lambda j: jax.lax.div(j * plan.kb, plan.tq) if causal else 0  # noqa: E731
-            q_tile = lambda b, j, i, lens, ly: jnp.maximum(i, first(j))  # noqa: E731
-            key = pl.BlockSpec((1, n * KV, D), lambda b, j, i, lens, ly: (b, j, 0))
-            keys = [k2, v2]
-        valid_spec = pl.BlockSpec((None, 1, plan.kb), lambda b, j, i, lens, ly: (b, 0, 0 if memory else j))
-        grad = pl.BlockSpec((None, KV, n, D), lambda b, j, i, lens, ly: (b, 0, j, 0))
-        shape = jax.ShapeDtypeStruct((B, KV, count * n, D), f32)
-        return pl.pallas_call(
-            functools.partial(_dkv_kernel, plan=plan, memory=memory, **static),
-            grid_spec=pltpu.PrefetchScalarGridSpec(
-                num_scalar_prefetch=2, grid=(B, count, plan.nq),
-                in_specs=row_specs(q_tile) + [key, key, valid_spec], out_specs=[grad, grad],
-                scratch_shapes=[pltpu.VMEM((KV, n, D), f32), pltpu.VMEM((KV, n, D), f32)]),
-            out_shape=[shape, shape], compiler_params=params, interpret=interpret,
-            name="vxl_attention_dmem" if memory else "vxl_attention_dkv",
-        )(mem_len, lyr, *rows, *keys, valid2)
-
-    def back(x, n, dtype):  # head-major fp32 [B, KV, n', D] -> [B, n, KV, D]
-        return jnp.swapaxes(x[:, :, :n], 1, 2).astype(dtype)
-
-    dk, dv = dkv(memory=False)
-    dk, dv = back(dk, T, k.dtype), back(dv, T, v.dtype)
+    ops = tiled_operands(plan, q, k, v, valid, mem_k, mem_v, mem_len, layer)
+    delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), -1)  # [B, T, H]
+    rows = [ops.q, pad_rows(dout.astype(q.dtype).reshape(B, T, H * D), plan.tq_pad),
+            jnp.pad(lse, [(0, 0), (0, plan.tq_pad - T), (0, 0)], constant_values=jnp.inf),
+            pad_rows(delta, plan.tq_pad)]
+    static = dict(plan=plan, causal=causal, scale=scale, KV=KV, G=H // KV, D=D)
+    dq = _dq_call(ops, rows, q.dtype, static, interpret)[:, :T].reshape(B, T, H, D)
+    dk, dv = _dkv_call(ops, rows, False, static, interpret)
+    dk, dv = _key_major(dk, T, k.dtype), _key_major(dv, T, v.dtype)
     dmk = dmv = None
-    if has_mem:
-        dmk, dmv = dkv(memory=True)
-        dmk, dmv = back(dmk, M, mem_k.dtype), back(dmv, M, mem_v.dtype)
+    if mem_k is not None:
+        M = mem_k.shape[-3]
+        dmk, dmv = _dkv_call(ops, rows, True, static, interpret)
+        dmk, dmv = _key_major(dmk, M, mem_k.dtype), _key_major(dmv, M, mem_v.dtype)
         if mem_k.ndim == 5:  # stacked memory: the cotangent is the whole buffer, this layer's slice set
             dmk = jax.lax.dynamic_update_slice(jnp.zeros_like(mem_k), dmk[None], (layer, 0, 0, 0, 0))
             dmv = jax.lax.dynamic_update_slice(jnp.zeros_like(mem_v), dmv[None], (layer, 0, 0, 0, 0))
     return dq, dk, dv, dmk, dmv
+
+
+_PARAMS = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
+
+
+def _row_specs(plan: Plan, H: int, D: int, tile):
+    """Block specs of q, dout [tq, H * D] and lse, delta [tq, H] at query tile ``tile(*grid index, *scalars)``."""
+    full = pl.BlockSpec((None, plan.tq, H * D), lambda *g: (g[0], tile(*g), 0))
+    stat = pl.BlockSpec((None, plan.tq, H), lambda *g: (g[0], tile(*g), 0))
+    return [full, full, stat, stat]
+
+
+def _dq_call(ops: Operands, rows: list, dtype, static: dict, interpret: bool):
+    """dq [B, tq_pad, H * D] in ``dtype``: the forward's grid (batch, query tile, memory then chunk key tiles)."""
+    plan, KV, D = static["plan"], static["KV"], static["D"]
+    B, H = ops.q.shape[0], KV * static["G"]
+    has_mem = ops.mem_k is not None
+    in_specs = _row_specs(plan, H, D, lambda b, i, j, lens, ly: i)
+    args = list(rows)
+    if has_mem:
+        spec = pl.BlockSpec((1, 1, plan.mb * KV, D), lambda b, i, j, lens, ly: (ly[0], b, plan.mem_tile(b, j, lens), 0))
+        in_specs += [spec, spec]
+        args += [ops.mem_k, ops.mem_v]
+    chunk_tile = lambda i, j: plan.chunk_tile(i, j, static["causal"])  # noqa: E731
+    kv_spec = pl.BlockSpec((1, plan.kb * KV, D), lambda b, i, j, lens, ly: (b, chunk_tile(i, j), 0))
+    in_specs += [kv_spec, kv_spec, pl.BlockSpec((None, 1, plan.kb), lambda b, i, j, lens, ly: (b, 0, chunk_tile(i, j)))]
+    args += [ops.k, ops.v, ops.valid]
+    return pl.pallas_call(
+        functools.partial(_dq_kernel, has_mem=has_mem, **static),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=2, grid=(B, plan.nq, plan.n_mem + plan.nk), in_specs=in_specs,
+            out_specs=pl.BlockSpec((None, plan.tq, H * D), lambda b, i, j, lens, ly: (b, i, 0)),
+            scratch_shapes=[pltpu.VMEM((plan.tq, H * D), jnp.float32)]),
+        out_shape=jax.ShapeDtypeStruct((B, plan.tq_pad, H * D), dtype),
+        compiler_params=_PARAMS, interpret=interpret, name="vxl_attention_dq",
+    )(ops.mem_len, ops.layer, *args)
+
+
+def _dkv_call(ops: Operands, rows: list, memory: bool, static: dict, interpret: bool):
+    """(dk, dv) fp32 head-major [B, KV, n_tiles * n, D] of the memory (``memory``) or of the chunk: grid
+    (batch, key tile, query tile)."""
+    plan, KV, D, causal = static["plan"], static["KV"], static["D"], static["causal"]
+    B, H = ops.q.shape[0], KV * static["G"]
+    n, count = (plan.mb, plan.n_mem) if memory else (plan.kb, plan.nk)
+    if memory:  # query tiles of a tile past the length are never read: keep the block index still
+        q_tile = lambda b, j, i, lens, ly: jnp.where(j * plan.mb < lens[b], i, 0)  # noqa: E731
+        key = pl.BlockSpec((1, 1, n * KV, D), lambda b, j, i, lens, ly: (ly[0], b, plan.mem_tile(b, j, lens), 0))
+        keys = [ops.mem_k, ops.mem_v]
+    else:  # query tiles above the diagonal are skipped: start at the first one that sees tile j
+        first = lambda j: jax.lax.div(j * plan.kb, plan.tq) if causal else 0  # noqa: E731
+        q_tile = lambda b, j, i, lens, ly: jnp.maximum(i, first(j))  # noqa: E731
+        key = pl.BlockSpec((1, n * KV, D), lambda b, j, i, lens, ly: (b, j, 0))
+        keys = [ops.k, ops.v]
+    valid_spec = pl.BlockSpec((None, 1, plan.kb), lambda b, j, i, lens, ly: (b, 0, 0 if memory else j))
+    grad = pl.BlockSpec((None, KV, n, D), lambda b, j, i, lens, ly: (b, 0, j, 0))
+    shape = jax.ShapeDtypeStruct((B, KV, count * n, D), jnp.float32)
+    return pl.pallas_call(
+        functools.partial(_dkv_kernel, memory=memory, **static),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=2, grid=(B, count, plan.nq),
+            in_specs=_row_specs(plan, H, D, q_tile) + [key, key, valid_spec], out_specs=[grad, grad],
+            scratch_shapes=[pltpu.VMEM((KV, n, D), jnp.float32), pltpu.VMEM((KV, n, D), jnp.float32)]),
+        out_shape=[shape, shape], compiler_params=_PARAMS, interpret=interpret,
+        name="vxl_attention_dmem" if memory else "vxl_attention_dkv",
+    )(ops.mem_len, ops.layer, *rows, *keys, ops.valid)
+
+
+def _key_major(x, n: int, dtype):
+    """Head-major fp32 [B, KV, n', D] -> [B, n, KV, D] in ``dtype`` (the first n of n' padded rows)."""
+    return jnp.swapaxes(x[:, :, :n], 1, 2).astype(dtype)

@@ -4,6 +4,8 @@ key/value tile (``[n * KV, Dh]``, row ``s * KV + kv``)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
@@ -40,6 +42,33 @@ class Plan:
             return self.nk - 1
         return jnp.minimum(self.nk - 1, jax.lax.div((i + 1) * self.tq - 1, self.kb))  # lax.div: no floor/sign on TPU
 
+    def chunk_tile(self, i, j, causal: bool):
+        """Block index of the chunk key tile read at grid step j of query tile i (memory steps and steps
+        past the diagonal repeat a tile already read, so nothing new is fetched)."""
+        return jnp.clip(j - self.n_mem, 0, self.last_chunk_tile(i, causal))
+
+    def mem_tile(self, b, j, lens):
+        """Block index of the memory tile read at grid step j of batch row b (``lens`` [B] filled slots):
+        steps past the filled tiles repeat the last one, so nothing new is fetched."""
+        last = jnp.maximum(jax.lax.div(lens[b] + self.mb - 1, self.mb) - 1, 0)
+        return jnp.minimum(jnp.minimum(j, last), self.n_mem - 1)
+
+    def chunk_visible(self, valid_ref, i, c, causal: bool):
+        """[tq, kb] bool: the keys of chunk tile c (``valid_ref`` [1, kb] nonzero: real) that query tile i sees."""
+        ok = jnp.broadcast_to(valid_ref[...] != 0, (self.tq, self.kb))
+        if causal:
+            rows = i * self.tq + jax.lax.broadcasted_iota(jnp.int32, (self.tq, self.kb), 0)
+            cols = c * self.kb + jax.lax.broadcasted_iota(jnp.int32, (self.tq, self.kb), 1)
+            ok = ok & (cols <= rows)
+        return ok
+
+    def memory_visible(self, j, mem_len):
+        """(ok [tq, mb], key_ok [mb, 1]) bool: the slots of memory tile j below ``mem_len``, as seen from the
+        query rows and as rows of the key/value tile."""
+        cols = j * self.mb + jax.lax.broadcasted_iota(jnp.int32, (self.tq, self.mb), 1)
+        slots = j * self.mb + jax.lax.broadcasted_iota(jnp.int32, (self.mb, 1), 0)
+        return cols < mem_len, slots < mem_len
+
 
 def head_rows(ref, kv: int, KV: int, n: int):
     """Rows kv, kv + KV, ... (n of them) of a slot-major [n * KV, D] tile: KV head kv's keys or values.
@@ -68,3 +97,36 @@ def head_rows(ref, kv: int, KV: int, n: int):
 
 def pad_rows(x, n):
     return x if x.shape[1] == n else jnp.pad(x, [(0, 0), (0, n - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+
+
+class Operands(NamedTuple):
+    """The kernels' inputs, padded to whole tiles and laid out for them."""
+
+    q: jax.Array  # [B, tq_pad, H * Dh]
+    k: jax.Array  # [B, tk_pad * KV, Dh], slot-major rows: t * KV + kv
+    v: jax.Array
+    valid: jax.Array  # int32 [B, 1, tk_pad]: keys on lanes
+    mem_k: jax.Array | None  # [L, B, M * KV, Dh] (None: no memory)
+    mem_v: jax.Array | None
+    mem_len: jax.Array  # int32 [B] (scalar prefetch)
+    layer: jax.Array  # int32 [1] (scalar prefetch): the layer of a stacked memory
+
+
+def tiled_operands(plan: Plan, q, k, v, valid, mem_k, mem_v, mem_len, layer) -> Operands:
+    """q [B, T, H, Dh], k/v [B, T, KV, Dh], valid [B, T], memory [(L,) B, M, KV, Dh] or None, mem_len [B] or
+    None, layer scalar or None -> :class:`Operands` for the tiles of ``plan``."""
+    B, T, H, D = q.shape
+    KV = k.shape[2]
+    mk = mv = None
+    if mem_k is not None:
+        L, M = (mem_k.shape[0] if mem_k.ndim == 5 else 1), mem_k.shape[-3]
+        # [(L,) B, M, KV, D] -> [L, B, M * KV, D]: the same bytes (TPU tiles the (KV, D) pair row-major)
+        mk, mv = (m.reshape(L, B, M * KV, D) for m in (mem_k, mem_v))
+    return Operands(
+        q=pad_rows(q.reshape(B, T, H * D), plan.tq_pad),
+        k=pad_rows(k, plan.tk_pad).reshape(B, plan.tk_pad * KV, D),
+        v=pad_rows(v, plan.tk_pad).reshape(B, plan.tk_pad * KV, D),
+        valid=pad_rows(valid.astype(jnp.int32), plan.tk_pad)[:, None, :],
+        mem_k=mk, mem_v=mv,
+        mem_len=jnp.zeros((B,), jnp.int32) if mem_len is None else mem_len.astype(jnp.int32),
+        layer=jnp.zeros((1,), jnp.int32) if layer is None else jnp.reshape(layer, (1,)).astype(jnp.int32))
