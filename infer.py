@@ -26,11 +26,15 @@ import argparse
 import contextlib
 import logging
 import os
+import queue
 import re
 import sys
 import tempfile
+import threading
 import time
 import warnings
+
+import numpy as np
 
 EXIT_BAD_INPUT = 2
 DEFAULT_FRAMES = 128
@@ -307,8 +311,8 @@ class AnswerStream:
 
 
 def cli_stats(prompt: dict, gen: dict, timings: dict, frames: int | None) -> dict:
-    """The --stats report, in pipeline order, from the API's ``stats`` after the prompt stage (``prompt``) and
-    after generation (``gen``) and the CLI's own stage timings."""
+    """The --stats report, in pipeline order, from the reports of the prompt stage (``prompt``) and of the
+    decoding stage (``gen``: ``GenerateOutput.decode``) and the CLI's own stage timings."""
     out = {}
     frames = prompt.get("frames") if frames is None else frames
     if frames is not None:
@@ -373,9 +377,7 @@ def check_prompt_length(n_text: int, max_new: int, cfg) -> str | None:
 def run(a: argparse.Namespace, t_start: float | None = None) -> str:
     """Everything after argument parsing; streams the answer to stdout as it is generated and returns it.
     ``t_start``: when the command started (for ``wall_s``)."""
-    from vxl_jax.api import split_prompt
-    from vxl_jax.prompt import (DEFAULT_SYSTEM, chat_prompt, check_prompt, check_question, suffix_ids,
-                                tokenizer_image_token)
+    from vxl_jax.prompt import DEFAULT_SYSTEM, chat_prompt, check_prompt, check_question
 
     t_start = time.perf_counter() if t_start is None else t_start
     check_args(a)
@@ -383,87 +385,145 @@ def run(a: argparse.Namespace, t_start: float | None = None) -> str:
         return run_live(a)
     question = check_question(a.question)
     prompt = check_prompt(chat_prompt(question, DEFAULT_SYSTEM if a.system is None else a.system))
-    if a.model is None and not a.quiet:
-        log(EMBEDDED_NOTE)
-    cfg = model_config(a)
-    check_ratio(cfg, a.ratio)
-
+    cfg = checked_config(a)
     timings: dict = {}
-    pixels = info = None
-    if a.memory is None:
-        if a.video is None:
-            a.video = sample_video_path()
-            if not a.quiet:
-                log(f"no --video given: using a generated sample video (moving shapes): {a.video}")
-        if a.fps is None:
-            pixels, info = read_frames(a, cfg, timings)
-            warn_last_window(cfg, info["num_frames"], a.ratio)
-
-    enable_compile_cache(a.compile_cache)
-    t = time.perf_counter()
-    vx = load_model(a)
-    timings["load_model_s"] = time.perf_counter() - t
-    if vx.tokenizer is None:
-        raise UsageError(f"{a.model} has no tokenizer files; convert the checkpoint with its tokenizer")
+    pixels, info = read_video_upfront(a, cfg, timings)
+    vx = load_with_tokenizer(a, timings)
     stream = AnswerStream(vx.tokenizer)
     gen = dict(max_new_tokens=a.max_new_tokens, seed=a.seed, progress=not a.quiet, stream=stream,
                **sampling_kwargs(a))
     max_new = a.max_new_tokens or int(vx.generation_config.get("max_new_tokens", 64))
-
     if a.fps is not None:
-        with quiet_tokenizer_length_warning():
-            ids = tokenizer_image_token(prompt, vx.tokenizer)
-        warn_long_prompt(int((ids >= 0).sum()), max_new, cfg)
-        prefix, suffix = split_prompt(ids)
-        t = time.perf_counter()
-        session, info, ingest = stream_into_session(a, vx, prefix, timings)
-        if a.save_memory:
-            vx.save_memory(a.save_memory, session.video_memory())
-            if not a.quiet:
-                log(f"saved the compressed video memory to {a.save_memory}")
-        t = time.perf_counter()
-        out = session.generate(suffix, **gen)
-        prompt_stats = dict(vx.stats)  # the question over the video memory, plus the ingestion
-        prompt_stats.update({k: prompt_stats[k] + ingest[k] for k in ("compile_s", "run_s", "wall_s")},
-                            frames=info["num_frames"], visual_tokens=info["num_frames"] * cfg.beacon.tokens_per_frame)
+        res, prompt_stats, t, info = answer_streamed_video(a, vx, cfg, prompt, gen, max_new, timings)
     elif a.memory is not None:
-        mem = vx.load_memory(a.memory)
-        with quiet_tokenizer_length_warning():
-            text = suffix_ids(question, vx.tokenizer)
-        warn_long_prompt(len(mem.prompt_ids) + len(text), max_new, cfg)
-        t = time.perf_counter()
-        out = vx.generate(text, None, memory=mem, **gen)
-        prompt_stats = dict(vx.stats)
+        res, prompt_stats, t = answer_over_memory(a, vx, cfg, question, gen, max_new)
     else:
-        with quiet_tokenizer_length_warning():
-            ids = tokenizer_image_token(prompt, vx.tokenizer)
-        warn_long_prompt(int((ids >= 0).sum()), max_new, cfg)
-        if a.save_memory:
-            res = vx.prefill(ids, pixels, ratio=a.ratio, progress=not a.quiet)
-            prompt_stats = dict(vx.stats)
-            vx.save_memory(a.save_memory, res.video_memory)
-            if not a.quiet:
-                log(f"saved the compressed video memory to {a.save_memory} "
-                    f"(ask more questions with --memory {a.save_memory})")
-            t = time.perf_counter()
-            out = vx.generate(suffix_ids(question, vx.tokenizer), None, memory=res.video_memory, **gen)
-            text_step = vx.stats  # the question over the video memory: part of the prompt stage
-            prompt_stats.update({k: prompt_stats[k] + text_step[k] for k in ("compile_s", "run_s", "wall_s")},
-                                memory_sizes=text_step["memory_sizes"])
-        else:
-            t = time.perf_counter()
-            out = vx.generate(ids, pixels, ratio=a.ratio, **gen)
-            prompt_stats = dict(vx.stats)
-    # generate() runs the (rest of the) prompt, recorded in vx.stats["wall_s"], then the decoding
-    generate_s = max(time.perf_counter() - t - vx.stats["wall_s"], 0.0)
-    answer = vx.tokenizer.decode([int(i) for i in out], skip_special_tokens=True).strip()
+        res, prompt_stats, t = answer_over_video(a, vx, cfg, prompt, question, pixels, gen, max_new)
+    # generate() runs the (rest of the) prompt, reported in res.prompt["wall_s"], then the decoding
+    generate_s = max(time.perf_counter() - t - res.prompt["wall_s"], 0.0)
+    answer = decode_answer(vx, res.ids)
     stream.finish(answer)
     if not answer:
-        log(empty_answer_notice(out, vx.stop_ids()))
+        log(empty_answer_notice(res.ids, vx.stop_ids()))
     if a.stats:
         timings.update(prompt_s=prompt_stats["wall_s"], generate_s=generate_s, wall_s=time.perf_counter() - t_start)
-        print_stats(cli_stats(prompt_stats, vx.stats, timings, info["num_frames"] if info is not None else None))
+        print_stats(cli_stats(prompt_stats, res.decode, timings, info["num_frames"] if info is not None else None))
     return answer
+
+
+def checked_config(a: argparse.Namespace):
+    """The model's config (see :func:`model_config`) with ``--ratio`` checked against it; notes the embedded
+    model when no ``--model`` is given."""
+    if a.model is None and not a.quiet:
+        log(EMBEDDED_NOTE)
+    cfg = model_config(a)
+    check_ratio(cfg, a.ratio)
+    return cfg
+
+
+def read_video_upfront(a: argparse.Namespace, cfg, timings: dict):
+    """-> (frames, video info) read before the model loads; (None, None) with ``--memory`` or ``--fps`` (read
+    while streaming). Without ``--video`` (and ``--memory``) the generated sample video is used."""
+    if a.memory is not None:
+        return None, None
+    if a.video is None:
+        a.video = sample_video_path()
+        if not a.quiet:
+            log(f"no --video given: using a generated sample video (moving shapes): {a.video}")
+    if a.fps is not None:
+        return None, None
+    pixels, info = read_frames(a, cfg, timings)
+    warn_last_window(cfg, info["num_frames"], a.ratio)
+    return pixels, info
+
+
+def load_with_tokenizer(a: argparse.Namespace, timings: dict | None = None):
+    """Set up the compilation cache and load the model (its load time in ``timings['load_model_s']``);
+    ``UsageError`` if the checkpoint has no tokenizer."""
+    enable_compile_cache(a.compile_cache)
+    t = time.perf_counter()
+    vx = load_model(a)
+    if timings is not None:
+        timings["load_model_s"] = time.perf_counter() - t
+    if vx.tokenizer is None:
+        raise UsageError(f"{a.model} has no tokenizer files; convert the checkpoint with its tokenizer")
+    return vx
+
+
+def prompt_ids(prompt: str, vx, cfg, max_new: int):
+    """The chat prompt's ids (-200 where the video goes); warns when its text is long for the model."""
+    from vxl_jax.prompt import tokenizer_image_token
+
+    with quiet_tokenizer_length_warning():
+        ids = tokenizer_image_token(prompt, vx.tokenizer)
+    warn_long_prompt(int((ids >= 0).sum()), max_new, cfg)
+    return ids
+
+
+def decode_answer(vx, ids) -> str:
+    """Generated ids -> the answer text (special tokens dropped, stripped)."""
+    return vx.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()
+
+
+def add_stage_times(stats: dict, more: dict) -> dict:
+    """``stats`` with the compile / run / wall times of another stage ``more`` added in."""
+    return {**stats, **{k: stats[k] + more[k] for k in ("compile_s", "run_s", "wall_s")}}
+
+
+def answer_streamed_video(a: argparse.Namespace, vx, cfg, prompt: str, gen: dict, max_new: int, timings: dict):
+    """--fps: the video streamed into a session, then the question -> (generate output, prompt-stage stats
+    with the ingestion, when generate started, video info)."""
+    from vxl_jax.api import split_prompt
+
+    prefix, suffix = split_prompt(prompt_ids(prompt, vx, cfg, max_new))
+    session, info, ingest = stream_into_session(a, vx, prefix, timings)
+    if a.save_memory:
+        vx.save_memory(a.save_memory, session.video_memory())
+        if not a.quiet:
+            log(f"saved the compressed video memory to {a.save_memory}")
+    t = time.perf_counter()
+    res = session.generate(suffix, return_output=True, **gen)
+    prompt_stats = add_stage_times(dict(res.prompt), ingest)  # the question over the video memory, plus ingestion
+    prompt_stats.update(frames=info["num_frames"], visual_tokens=info["num_frames"] * cfg.beacon.tokens_per_frame)
+    return res, prompt_stats, t, info
+
+
+def answer_over_memory(a: argparse.Namespace, vx, cfg, question: str, gen: dict, max_new: int):
+    """--memory: the question over a saved video memory -> (generate output, prompt-stage stats, when generate
+    started)."""
+    from vxl_jax.prompt import suffix_ids
+
+    mem = vx.load_memory(a.memory)
+    with quiet_tokenizer_length_warning():
+        text = suffix_ids(question, vx.tokenizer)
+    warn_long_prompt(len(mem.prompt_ids) + len(text), max_new, cfg)
+    t = time.perf_counter()
+    res = vx.generate(text, None, memory=mem, return_output=True, **gen)
+    return res, dict(res.prompt), t
+
+
+def answer_over_video(a: argparse.Namespace, vx, cfg, prompt: str, question: str, pixels, gen: dict,
+                      max_new: int):
+    """The prompt with its video frames (with --save-memory: prefilled and saved first, then the question over
+    the memory) -> (generate output, prompt-stage stats, when generate started)."""
+    from vxl_jax.prompt import suffix_ids
+
+    ids = prompt_ids(prompt, vx, cfg, max_new)
+    if not a.save_memory:
+        t = time.perf_counter()
+        res = vx.generate(ids, pixels, ratio=a.ratio, return_output=True, **gen)
+        return res, dict(res.prompt), t
+    pre = vx.prefill(ids, pixels, ratio=a.ratio, progress=not a.quiet)
+    vx.save_memory(a.save_memory, pre.video_memory)
+    if not a.quiet:
+        log(f"saved the compressed video memory to {a.save_memory} "
+            f"(ask more questions with --memory {a.save_memory})")
+    t = time.perf_counter()
+    res = vx.generate(suffix_ids(question, vx.tokenizer), None, memory=pre.video_memory, return_output=True, **gen)
+    # the question over the video memory: part of the prompt stage
+    prompt_stats = add_stage_times(dict(pre.stats), res.prompt)
+    prompt_stats["memory_sizes"] = res.prompt["memory_sizes"]
+    return res, prompt_stats, t
 
 
 def stream_into_session(a: argparse.Namespace, vx, prefix, timings: dict):
@@ -501,19 +561,47 @@ def stream_into_session(a: argparse.Namespace, vx, prefix, timings: dict):
 def run_live(a: argparse.Namespace) -> str:
     """--live: frames from a raw RGB24 stream are compressed as they arrive (a reader thread queues them);
     each line on stdin is a question, answered on stdout about the video seen so far. Ends at the end of stdin."""
-    import queue
-    import threading
-
-    import numpy as np
-
     from vxl_jax.api import split_prompt
     from vxl_jax.prompt import DEFAULT_SYSTEM, chat_prompt, check_question, suffix_ids, tokenizer_image_token
+
+    cfg = checked_config(a)
+    # the readers start first: frames that arrive while the model loads wait in the queue
+    frames_q, questions_q = start_live_readers(a)
+    vx = load_with_tokenizer(a)
+    with quiet_tokenizer_length_warning():
+        ids = tokenizer_image_token(chat_prompt("?", DEFAULT_SYSTEM if a.system is None else a.system), vx.tokenizer)
+    prefix, _ = split_prompt(ids)  # the text before the video does not depend on the question
+    video = LiveVideo(frames_q, vx.session(prefix, ratio=a.ratio), cfg.beacon.frames_per_window)
+    gen = dict(max_new_tokens=a.max_new_tokens, seed=a.seed, progress=False, **sampling_kwargs(a))
+    last = ""
+    while True:
+        video.ingest(block=False)
+        try:
+            question = questions_q.get(timeout=0.05)
+        except queue.Empty:
+            video.ingest(block=True)
+            continue
+        if question is None:
+            break
+        video.flush()
+        try:
+            text = suffix_ids(check_question(question), vx.tokenizer)
+        except ValueError as e:
+            log(f"error: {e}")
+            continue
+        if not a.quiet:
+            log(f"[{video.session.frames} frames{', video finished' if video.done else ''}] {question}")
+        stream = AnswerStream(vx.tokenizer)
+        last = decode_answer(vx, video.session.generate(text, stream=stream, **gen))
+        stream.finish(last)
+    return last
+
+
+def start_live_readers(a: argparse.Namespace) -> tuple[queue.Queue, queue.Queue]:
+    """Start the daemon threads reading --live frames (every ``live_fps / fps``-th kept) and the questions on
+    stdin (after ``--question``, if given) -> (frames queue, questions queue); each ends with None."""
     from vxl_jax.video import read_raw_frames
 
-    if a.model is None and not a.quiet:
-        log(EMBEDDED_NOTE)
-    cfg = model_config(a)
-    check_ratio(cfg, a.ratio)
     step = max(1, round(a.live_fps / a.fps)) if a.fps and a.live_fps else 1
     width, height = a.live_size
     frames_q: queue.Queue = queue.Queue()
@@ -536,60 +624,38 @@ def run_live(a: argparse.Namespace) -> str:
 
     if a.question:
         questions_q.put(a.question)
-    # the readers start first: frames that arrive while the model loads wait in the queue
     threading.Thread(target=read_frames_thread, daemon=True).start()
     threading.Thread(target=read_questions_thread, daemon=True).start()
-    enable_compile_cache(a.compile_cache)
-    vx = load_model(a)
-    if vx.tokenizer is None:
-        raise UsageError(f"{a.model} has no tokenizer files; convert the checkpoint with its tokenizer")
-    with quiet_tokenizer_length_warning():
-        ids = tokenizer_image_token(chat_prompt("?", DEFAULT_SYSTEM if a.system is None else a.system), vx.tokenizer)
-    prefix, _ = split_prompt(ids)  # the text before the video does not depend on the question
-    session = vx.session(prefix, ratio=a.ratio)
-    per = cfg.beacon.frames_per_window
-    gen = dict(max_new_tokens=a.max_new_tokens, seed=a.seed, progress=False, **sampling_kwargs(a))
-    pending, video_done, last = [], False, ""
+    return frames_q, questions_q
 
-    def ingest(block: bool) -> None:
-        nonlocal video_done
-        while not video_done:
+
+class LiveVideo:
+    """Frames from the reader queue fed into a session a whole window (``per`` frames) at a time."""
+
+    def __init__(self, frames_q: queue.Queue, session, per: int):
+        self.frames_q, self.session, self.per = frames_q, session, per
+        self.pending: list = []
+        self.done = False  # the reader reached the end of the stream
+
+    def ingest(self, block: bool) -> None:
+        """Take the queued frames (``block``: wait briefly for the first), adding each full window."""
+        while not self.done:
             try:
-                frame = frames_q.get(timeout=0.05) if block else frames_q.get_nowait()
+                frame = self.frames_q.get(timeout=0.05) if block else self.frames_q.get_nowait()
             except queue.Empty:
                 break
             if frame is None:
-                video_done = True
+                self.done = True
             else:
-                pending.append(frame)
-            if len(pending) >= per:
-                session.add_frames(np.stack(pending))
-                pending.clear()
+                self.pending.append(frame)
+            if len(self.pending) >= self.per:
+                self.flush()
 
-    while True:
-        ingest(block=False)
-        try:
-            question = questions_q.get(timeout=0.05)
-        except queue.Empty:
-            ingest(block=True)
-            continue
-        if question is None:
-            break
-        if pending:
-            session.add_frames(np.stack(pending))
-            pending.clear()
-        try:
-            text = suffix_ids(check_question(question), vx.tokenizer)
-        except ValueError as e:
-            log(f"error: {e}")
-            continue
-        if not a.quiet:
-            log(f"[{session.frames} frames{', video finished' if video_done else ''}] {question}")
-        stream = AnswerStream(vx.tokenizer)
-        out = session.generate(text, stream=stream, **gen)
-        last = vx.tokenizer.decode([int(i) for i in out], skip_special_tokens=True).strip()
-        stream.finish(last)
-    return last
+    def flush(self) -> None:
+        """Add the frames taken so far (a partial window before a question)."""
+        if self.pending:
+            self.session.add_frames(np.stack(self.pending))
+            self.pending.clear()
 
 
 @contextlib.contextmanager

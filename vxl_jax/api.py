@@ -12,8 +12,10 @@ as uint8 and normalized there; :func:`vxl_jax.preprocess.resize_crop_frames` out
 
 from __future__ import annotations
 
+import resource
 import time
-from typing import Any, Sequence
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +23,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vxl_jax.batched import generate_batch, is_batch
-from vxl_jax.beacon.ratios import DEFAULT_RATIO, ratio_schedule  # noqa: F401 (DEFAULT_RATIO re-exported)
+from vxl_jax.beacon.ratios import DEFAULT_RATIO  # noqa: F401 (re-exported)
+from vxl_jax.beacon.ratios import ORIGINAL_RATIO_SEED, ratio_schedule
+from vxl_jax.beacon.windows import window_token_counts
 from vxl_jax.config import VideoXLConfig
 from vxl_jax.constants import IMAGE_TOKEN_INDEX
 from vxl_jax.decode import stop_mask
@@ -34,7 +38,7 @@ from vxl_jax.preprocess import preprocess_frames, resize_crop_frames
 from vxl_jax.results import FRAME_CALL_WINDOWS as _FRAME_CALL_WINDOWS
 from vxl_jax.results import SLOT_BUCKET as _SLOT_BUCKET
 from vxl_jax.results import TEXT_BUCKET as _TEXT_BUCKET
-from vxl_jax.results import PrefillResult, VideoMemory, ensure_capacity, split_prompt
+from vxl_jax.results import GenerateOutput, PrefillResult, VideoMemory, ensure_capacity, split_prompt
 from vxl_jax.results import chunk_sizes as _chunk_sizes
 from vxl_jax.results import round_up as _round_up
 from vxl_jax.sampling import SamplingParams, seen_mask
@@ -45,7 +49,19 @@ DECODE_CHUNK = 16  # tokens per compiled decode call (the streaming granularity)
 
 
 class VideoXL:
-    """A loaded Video-XL: config, parameters, tokenizer and generation defaults."""
+    """A loaded Video-XL: config, parameters, tokenizer and generation defaults.
+
+    State a caller can see (and nothing else changes between calls):
+
+    * ``ratio_rng``: the "step-random" ratio generator (a ``numpy.random.Generator``). A list of ratios draws
+      each window's ratio from it; a freshly loaded model seeds it with the original's ``default_rng(42)``, and
+      it continues across calls as the original's does. Pass ``ratio_rng=`` to :meth:`prefill` /
+      :meth:`generate` to draw from your own generator instead (this one is then untouched), or call
+      :meth:`reset_ratio_rng`.
+    * ``stats``: the read-only report of the last :meth:`prefill` / :meth:`generate` call (built once per call,
+      never patched). Each call also returns its own report: ``PrefillResult.stats``, or
+      ``GenerateOutput.prompt`` / ``.decode`` with ``generate(..., return_output=True)``.
+    """
 
     def __init__(self, cfg: VideoXLConfig, model: VideoXLModel, tokenizer: Any = None,
                  generation_config: dict | None = None, mesh=None):
@@ -59,9 +75,8 @@ class VideoXL:
         self.tokenizer = tokenizer
         self.generation_config = dict(generation_config or {})
         self.engine = Engine(self.model, mesh=self.mesh)
-        # The original's "step-random" ratio generator: seeded once, continues across calls.
-        self.ratio_rng = np.random.default_rng(42)
-        self.stats: dict = {}
+        self.ratio_rng = np.random.default_rng(ORIGINAL_RATIO_SEED)  # see the class docstring
+        self._last_report: Mapping[str, Any] = MappingProxyType({})
         self._fingerprint: str | None = None
 
     @classmethod
@@ -73,6 +88,20 @@ class VideoXL:
 
         cfg, model, tokenizer, gen = load_converted(path, dtype=dtype, mesh=mesh, rules=INFERENCE_PRESET)
         return cls(cfg, model, tokenizer, gen, mesh=mesh)
+
+    @property
+    def stats(self) -> Mapping[str, Any]:
+        """Read-only report of the last :meth:`prefill` / :meth:`generate` call (see the class docstring)."""
+        return self._last_report
+
+    def reset_ratio_rng(self, seed: int = ORIGINAL_RATIO_SEED) -> None:
+        """Restart the step-random ratio generator (the default seed is the original's, as on load)."""
+        self.ratio_rng = np.random.default_rng(seed)
+
+    def _report(self, report: dict) -> Mapping[str, Any]:
+        """Freeze one call's report and make it the last one."""
+        self._last_report = MappingProxyType(dict(report))
+        return self._last_report
 
     # ------------------------------------------------------------------ inputs
 
@@ -115,10 +144,10 @@ class VideoXL:
         dtype = np.uint8 if rows.dtype == np.uint8 else self._dtype
         return jnp.asarray(rows.reshape(windows, 1, per_window, *rows.shape[1:]), dtype)
 
-    def _ratio_schedule(self, ratio, num_visual: int) -> tuple[tuple[int, ...], np.ndarray]:
+    def _ratio_schedule(self, ratio, num_visual: int, rng=None) -> tuple[tuple[int, ...], np.ndarray]:
         """-> (distinct ratios, per-window index) (:func:`vxl_jax.beacon.ratios.ratio_schedule`); a list of ratios
-        (step-random mode) draws from ``self.ratio_rng``."""
-        return ratio_schedule(self.cfg.beacon, ratio, num_visual, self.ratio_rng)
+        (step-random mode) draws from ``rng``, else from ``self.ratio_rng``."""
+        return ratio_schedule(self.cfg.beacon, ratio, num_visual, self.ratio_rng if rng is None else rng)
 
     def _empty_memory(self, slots: int) -> KVMemory:
         lm = self.cfg.lm
@@ -146,11 +175,13 @@ class VideoXL:
     # ------------------------------------------------------------------ prefill
 
     def prefill(self, input_ids, pixel_values=None, ratio: int | Sequence[int] | None = None, *,
-                features=None, extra_slots: int = 0, progress: bool = False, keep_memory: bool = True) -> PrefillResult:
+                features=None, extra_slots: int = 0, progress: bool = False, keep_memory: bool = True,
+                ratio_rng: np.random.Generator | None = None) -> PrefillResult:
         """Run the prompt; returns logits of the text after the video and the compressed memory.
 
         ratio: an int (fixed for every window; default 8) or a list of ratios for the original's
-        "step-random" mode (numpy ``default_rng(42)`` choice per window, continuing across calls).
+        "step-random" mode (one draw per window from ``ratio_rng``, default ``self.ratio_rng``: the original's
+        ``default_rng(42)`` sequence, continuing across calls).
         features: precomputed visual tokens [N, D] instead of ``pixel_values`` (e.g. image tiles).
         extra_slots: memory room to reserve for generation.
         keep_memory=False drops every beacon (ablation: the text sees no video).
@@ -163,8 +194,8 @@ class VideoXL:
                 raise ValueError("pixel_values given but input_ids have no -200 video placeholder")
             mem = self._empty_memory(len(prefix) + extra_slots + _TEXT_BUCKET)
             logits, mem = self._text(mem, prefix, "text", donate=True)
-            self._record_stats(t_start, c0, r0, frames=0, visual=0, mem=mem)
-            return PrefillResult(np.asarray(logits, np.float32), mem)
+            stats = self._prompt_report(t_start, c0, r0, frames=0, visual=0, mem=mem)
+            return PrefillResult(np.asarray(logits, np.float32), mem, stats=stats)
         if pixel_values is None and features is None:
             raise ValueError("input_ids contain the -200 video placeholder but no pixel_values were given")
         b = self.cfg.beacon
@@ -175,42 +206,51 @@ class VideoXL:
             px = self._pixels(pixel_values, keep_uint8=True)  # raw uint8 frames are resized per scan call
             frames = px.shape[0]
             num_visual = frames * b.tokens_per_frame
-        ratios, ratio_idx = self._ratio_schedule(ratio, num_visual)
+        ratios, ratio_idx = self._ratio_schedule(ratio, num_visual, ratio_rng)
         n_windows = len(ratio_idx)
         max_beacons = n_windows * (b.window // min(ratios))
         mem = self._empty_memory(len(prefix) + max_beacons + len(suffix) + extra_slots + 2 * _TEXT_BUCKET)
         if len(prefix):
             _, mem = self._text(mem, prefix, "prefix", donate=True)
-
-        counts = np.clip(num_visual - np.arange(n_windows) * b.window, 0, b.window).astype(np.int32)
-        # Window inputs are prepared per scan call (no full padded copy of the video on the host).
-        source, per_window = (feats, b.window) if features is not None else (px, b.frames_per_window)
-        bar = tqdm(total=n_windows, desc="windows", unit="win", disable=not progress, leave=False)
-        start = 0
-        for size in _chunk_sizes(n_windows, 8 if features is not None else _FRAME_CALL_WINDOWS):
-            sl = slice(start, start + size)
-            inputs = self._window_chunk(source, start, size, per_window)
-            mem = self.engine.windows(mem, inputs, jnp.asarray(counts[sl][:, None]),
-                                      jnp.asarray(ratio_idx[sl]), ratios=ratios, from_pixels=features is None,
-                                      keep=keep_memory)
-            start += size
-            bar.update(size)
-        bar.close()
+        source = feats if features is not None else px
+        mem = self._compress_video(mem, source, num_visual, ratios, ratio_idx, from_pixels=features is None,
+                                   keep_memory=keep_memory, progress=progress)
         logits, mem = self._text(mem, suffix, "text", donate=True)
         # The memory is append-only: the video memory is the full memory read up to its video length, so it
         # shares the K/V buffers (one copy on the device, not two). Nothing ever donates a user-held memory.
         n = len(suffix)
         video_mem = VideoMemory(mem.replace(length=mem.length - n, n_text=mem.n_text - n), prefix, frames, num_visual)
-        self._record_stats(t_start, c0, r0, frames=frames, visual=num_visual, mem=mem)
-        return PrefillResult(np.asarray(logits, np.float32), mem, video_mem, tuple(ratios[i] for i in ratio_idx))
+        stats = self._prompt_report(t_start, c0, r0, frames=frames, visual=num_visual, mem=mem)
+        return PrefillResult(np.asarray(logits, np.float32), mem, video_mem, tuple(ratios[i] for i in ratio_idx),
+                             stats=stats)
 
-    def _record_stats(self, t_start, c0, r0, *, frames, visual, mem):
+    def _compress_video(self, mem: KVMemory, source: np.ndarray, num_visual: int, ratios, ratio_idx, *,
+                        from_pixels: bool, keep_memory: bool, progress: bool) -> KVMemory:
+        """Run the window scan over the video (frames, or visual-token rows when not ``from_pixels``), a few
+        windows per compiled call; window inputs are prepared per call (no padded copy of the video on the host)."""
+        b = self.cfg.beacon
+        n_windows = len(ratio_idx)
+        counts = np.asarray(window_token_counts(np.array([num_visual], np.int32), n_windows, b.window))  # [W, 1]
+        per_window = b.frames_per_window if from_pixels else b.window
+        bar = tqdm(total=n_windows, desc="windows", unit="win", disable=not progress, leave=False)
+        start = 0
+        for size in _chunk_sizes(n_windows, _FRAME_CALL_WINDOWS if from_pixels else 8):
+            sl = slice(start, start + size)
+            inputs = self._window_chunk(source, start, size, per_window)
+            mem = self.engine.windows(mem, inputs, jnp.asarray(counts[sl]), jnp.asarray(ratio_idx[sl]),
+                                      ratios=ratios, from_pixels=from_pixels, keep=keep_memory)
+            start += size
+            bar.update(size)
+        bar.close()
+        return mem
+
+    def _prompt_report(self, t_start, c0, r0, *, frames, visual, mem) -> Mapping[str, Any]:
         sizes = mem.host_sizes()
-        self.stats = {
+        return self._report({
             "frames": frames, "visual_tokens": visual, "kept_kv": sizes["total"], "memory_sizes": sizes,
             "compile_s": self.engine.compile_s - c0, "run_s": self.engine.run_s - r0,
             "wall_s": time.perf_counter() - t_start, "peak_mem_bytes": _peak_memory_bytes(),
-        }
+        })
 
     # ------------------------------------------------------------------ generation
 
@@ -241,13 +281,16 @@ class VideoXL:
     def generate(self, input_ids, pixel_values=None, ratio=None, max_new_tokens: int | None = None, *,
                  do_sample=None, temperature=None, top_k=None, top_p=None, repetition_penalty=None, seed: int = 0,
                  memory: VideoMemory | KVMemory | None = None, stop_ids=None, features=None, progress: bool = False,
-                 return_logits: bool = False, stream=None, chunk: int = DECODE_CHUNK):
+                 return_logits: bool = False, stream=None, chunk: int = DECODE_CHUNK, return_output: bool = False,
+                 ratio_rng: np.random.Generator | None = None):
         """Generate new token ids (np.int32 1-D, the stop token included if reached).
 
         Decoding runs on device, ``chunk`` tokens per compiled call; ``stream``, if given, is called
         with each call's new ids (np.int32 1-D) as they arrive. ``seed`` seeds the draws
         (``jax.random.PRNGKey(seed)``). ``return_logits``: also the fp32 [n, V] logits each token was
-        chosen from (before the logits processors).
+        chosen from (before the logits processors). ``return_output``: return a
+        :class:`vxl_jax.results.GenerateOutput` instead (ids, step logits, the memory after generation, and
+        this call's prompt / decode reports). ``ratio_rng``: as in :meth:`prefill`.
 
         With ``memory`` (a saved video memory: prefix + beacons), ``input_ids`` are only the text that
         follows the video (e.g. "\\n{question}<|im_end|>\\n<|im_start|>assistant\\n"): nothing is re-encoded.
@@ -265,25 +308,13 @@ class VideoXL:
         if is_batch(input_ids) or isinstance(memory, (list, tuple)):
             return self._generate_batch(input_ids, pixel_values, ratio, max_new, params=params, stops=stops,
                                         seed=seed, memory=memory, return_logits=return_logits, chunk=chunk,
-                                        features=features, stream=stream)
-        t_start = time.perf_counter()
+                                        features=features, stream=stream, return_output=return_output)
         if memory is not None:
-            if not isinstance(memory, VideoMemory):
-                memory = VideoMemory(memory, np.zeros((0,), np.int32))
-            ids = np.asarray(input_ids)
-            if (ids == IMAGE_TOKEN_INDEX).any():
-                raise ValueError("with memory=..., input_ids must be the text after the video (no -200 placeholder)")
-            c0, r0 = self.engine.compile_s, self.engine.run_s
-            kv = memory.kv
-            mem = ensure_capacity(kv, int(np.asarray(kv.length)[0]) + len(ids) + max_new + _TEXT_BUCKET)
-            logits, mem = self._text(mem, ids.astype(np.int32), "text")
-            logits = np.asarray(logits, np.float32)
-            self._record_stats(t_start, c0, r0, frames=memory.frames, visual=memory.visual_tokens, mem=mem)
-            seen = np.concatenate([memory.prompt_ids, ids[ids >= 0]])
+            logits, mem, prompt, seen = self._text_over_memory(memory, input_ids, max_new)
         else:
             res = self.prefill(input_ids, pixel_values, ratio, features=features, extra_slots=max_new + _TEXT_BUCKET,
-                               progress=progress)
-            logits, mem = res.logits, res.memory
+                               progress=progress, ratio_rng=ratio_rng)
+            logits, mem, prompt = res.logits, res.memory, res.stats
             ids = np.asarray(input_ids)
             seen = ids[ids >= 0]
         c0, r0 = self.engine.compile_s, self.engine.run_s
@@ -298,14 +329,34 @@ class VideoXL:
         out, step_logits, mem = self._decode(mem, logits[-1], seen, params=params, stops=stops, max_new=max_new,
                                              seed=seed, chunk=chunk, return_logits=return_logits, on_chunk=on_chunk)
         bar.close()
-        self.stats.update({"generated": len(out), "decode_compile_s": self.engine.compile_s - c0,
-                           "decode_run_s": self.engine.run_s - r0, "kept_kv": int(np.asarray(mem.length)[0]),
-                           "peak_mem_bytes": _peak_memory_bytes()})
-        self.last_memory = mem
+        decode = MappingProxyType({"generated": len(out), "decode_compile_s": self.engine.compile_s - c0,
+                                   "decode_run_s": self.engine.run_s - r0, "kept_kv": int(np.asarray(mem.length)[0]),
+                                   "peak_mem_bytes": _peak_memory_bytes()})
+        result = GenerateOutput(out, mem, prompt, decode, step_logits)
+        self._report(result.stats)
+        if return_output:
+            return result
         return (out, step_logits) if return_logits else out
 
+    def _text_over_memory(self, memory: VideoMemory | KVMemory, input_ids, max_new: int):
+        """The prompt stage of ``generate(..., memory=...)``: the text after the video over a saved memory (a copy
+        with room for ``max_new`` tokens; the caller's memory is never donated) -> (fp32 logits [S, V], memory,
+        report, ids the repetition penalty starts from)."""
+        t_start = time.perf_counter()
+        c0, r0 = self.engine.compile_s, self.engine.run_s
+        if not isinstance(memory, VideoMemory):
+            memory = VideoMemory(memory, np.zeros((0,), np.int32))
+        ids = np.asarray(input_ids)
+        if (ids == IMAGE_TOKEN_INDEX).any():
+            raise ValueError("with memory=..., input_ids must be the text after the video (no -200 placeholder)")
+        kv = memory.kv
+        mem = ensure_capacity(kv, int(np.asarray(kv.length)[0]) + len(ids) + max_new + _TEXT_BUCKET)
+        logits, mem = self._text(mem, ids.astype(np.int32), "text")
+        report = self._prompt_report(t_start, c0, r0, frames=memory.frames, visual=memory.visual_tokens, mem=mem)
+        return np.asarray(logits, np.float32), mem, report, np.concatenate([memory.prompt_ids, ids[ids >= 0]])
+
     def _generate_batch(self, input_ids, pixel_values, ratio, max_new, *, params, stops, seed, memory, return_logits,
-                        chunk, features, stream):
+                        chunk, features, stream, return_output=False):
         """Lists in (B prompts), a list of id arrays out: :func:`vxl_jax.batched.generate_batch`."""
         if not is_batch(input_ids):
             raise ValueError("with a list of memories, input_ids must be a list of 1-D id arrays (one per memory)")
@@ -319,10 +370,12 @@ class VideoXL:
         out, step_logits, mem = generate_batch(self, list(input_ids), pixel_values, ratio, max_new=max_new,
                                                params=params, stops=stops, seed=seed, memory=memory,
                                                return_logits=return_logits, chunk=chunk)
-        self.stats = {"batch": len(out), "generated": [len(o) for o in out],
-                      "kept_kv": [int(x) for x in np.asarray(mem.length)], "compile_s": self.engine.compile_s - c0,
-                      "run_s": self.engine.run_s - r0, "wall_s": time.perf_counter() - t_start,
-                      "peak_mem_bytes": _peak_memory_bytes()}
+        report = self._report({"batch": len(out), "generated": [len(o) for o in out],
+                               "kept_kv": [int(x) for x in np.asarray(mem.length)],
+                               "compile_s": self.engine.compile_s - c0, "run_s": self.engine.run_s - r0,
+                               "wall_s": time.perf_counter() - t_start, "peak_mem_bytes": _peak_memory_bytes()})
+        if return_output:  # one report for the whole batched call (prompts and decoding run together)
+            return GenerateOutput(out, mem, report, MappingProxyType({}), step_logits)
         return (out, step_logits) if return_logits else out
 
     def _decode(self, mem: KVMemory, last, seen_ids, *, params: SamplingParams, stops, max_new: int, seed: int,
@@ -414,6 +467,4 @@ def _peak_memory_bytes() -> int:
             return int(stats["peak_bytes_in_use"])
     except Exception:  # pragma: no cover - backend without memory stats
         pass
-    import resource
-
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

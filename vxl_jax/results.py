@@ -5,6 +5,8 @@ memory-capacity buckets."""
 from __future__ import annotations
 
 import dataclasses
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import jax.numpy as jnp
 import numpy as np
@@ -37,10 +39,34 @@ class PrefillResult:
     memory: KVMemory  # after the whole prompt: [prefix || beacons || text]
     video_memory: VideoMemory | None = None  # after the visual span only: reuse it for new questions
     ratios: tuple[int, ...] = ()  # the ratio used for each window
+    stats: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))  # read-only report
 
     @property
     def sizes(self) -> dict:
         return self.memory.host_sizes()
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateOutput:
+    """Everything one ``VideoXL.generate(..., return_output=True)`` call produced.
+
+    ids: int32 [n] new ids (a list of B arrays for a batched call); step_logits: fp32 [n, V] (a list for a
+    batch) when ``return_logits``, else None; memory: the KV memory after generation (prompt + the generated
+    tokens fed back); prompt: report of the prompt stage (prefill, or the text over a given memory);
+    decode: report of the decoding stage (``generated``, ``decode_compile_s``, ``decode_run_s``, ``kept_kv``,
+    ``peak_mem_bytes``). Both reports are read-only mappings.
+    """
+
+    ids: Any
+    memory: KVMemory
+    prompt: Mapping[str, Any]
+    decode: Mapping[str, Any]
+    step_logits: Any = None
+
+    @property
+    def stats(self) -> Mapping[str, Any]:
+        """The two reports merged (decode's keys win): what ``VideoXL.stats`` shows after the call."""
+        return MappingProxyType({**self.prompt, **self.decode})
 
 
 def round_up(n: int, m: int) -> int:
