@@ -113,72 +113,92 @@ def generate_batch(vx, input_ids, pixel_values=None, ratio=None, *, max_new: int
     if memory is not None:
         if pixel_values is not None and any(p is not None for p in pixel_values):
             raise ValueError("give pixel_values or memory, not both")
-        mems = list(memory) if isinstance(memory, (list, tuple)) else [memory] * B
-        if len(mems) != B:
-            raise ValueError(f"{len(mems)} memories for {B} prompts")
-        mems = [m if isinstance(m, VideoMemory) else VideoMemory(m, np.zeros((0,), np.int32)) for m in mems]
-        texts = [np.asarray(i) for i in input_ids]
-        if any((t == IMAGE_TOKEN_INDEX).any() for t in texts):
-            raise ValueError("with memory=..., input_ids must be the texts after the video (no -200 placeholder)")
-        texts = [t.astype(np.int32) for t in texts]
-        seen = [np.concatenate([m.prompt_ids, t]) for m, t in zip(mems, texts)]
-        # one memory row per distinct memory object (B questions over one video: encoded once, stored once)
-        uniq: dict[int, int] = {}
-        for m in mems:
-            uniq.setdefault(id(m.kv), len(uniq))
-        rows = [uniq[id(m.kv)] for m in mems]
-        kvs = {uniq[id(m.kv)]: m.kv for m in mems}
-        for kv in kvs.values():
-            if kv.k.shape[1] != 1:
-                raise ValueError(f"each memory must hold one prompt (batch 1), got batch {kv.k.shape[1]}")
-        longest = max(int(np.asarray(kvs[r].length)[0]) + len(t) for r, t in zip(rows, texts))
-        capacity = round_up(longest + max_new + TEXT_BUCKET, 256)
-        base = stack_rows([kvs[u] for u in range(len(kvs))], capacity)
+        base, rows, texts, seen = _rows_over_memories(input_ids, memory, max_new)
     else:
-        pixels = list(pixel_values) if pixel_values is not None else [None] * B
-        if len(pixels) != B:
-            raise ValueError(f"{len(pixels)} pixel_values for {B} prompts")
-        if not isinstance(ratio if ratio is not None else DEFAULT_RATIO, (int, np.integer)):
-            raise ValueError("batched prompts with videos take one int ratio (step-random ratio lists: one call per "
-                             "video, or sessions)")
-        ratio = int(ratio if ratio is not None else DEFAULT_RATIO)
-        vx.cfg.beacon.check_ratio(ratio)
-        prefixes, texts, videos, seen, rows, keys = [], [], [], [], [], {}
-        for i, (ids, px) in enumerate(zip(input_ids, pixels)):
-            prefix, suffix = split_prompt(ids)
-            if suffix is None:  # text only: the whole prompt is text after an empty memory
-                if px is not None:
-                    raise ValueError(f"prompt {i}: pixel_values given but input_ids have no -200 video placeholder")
-                prefix, suffix = prefix[:0], prefix
-            elif px is None:
-                raise ValueError(f"prompt {i}: input_ids contain the -200 video placeholder but no pixel_values")
-            key = (id(px) if px is not None else None, prefix.tobytes())
-            if key not in keys:
-                keys[key] = len(prefixes)
-                prefixes.append(prefix)
-                videos.append(px)
-            rows.append(keys[key])
-            texts.append(suffix)
-            seen.append(np.concatenate([prefix, suffix]))
-        b = vx.cfg.beacon
-        frames = [0 if v is None else vx._pixels(v, keep_uint8=True).shape[0] for v in videos]
-        beacons = [math.ceil(f * b.tokens_per_frame / b.window) * (b.window // ratio) for f in frames]
-        longest = max(len(prefixes[r]) + beacons[r] + len(t) for r, t in zip(rows, texts))
-        capacity = round_up(longest + max_new + 2 * TEXT_BUCKET, 256)
-        base = encode_videos(vx, prefixes, videos, ratio, capacity)
+        base, rows, texts, seen = _rows_over_videos(vx, input_ids, pixel_values, ratio, max_new)
     # one memory row per prompt (a shared video memory is gathered, not re-encoded)
     idx = jnp.asarray(rows, jnp.int32)
     mem = KVMemory(base.k[:, idx], base.v[:, idx], base.length[idx], base.n_prefix[idx], base.n_beacons[idx],
                    base.n_text[idx])
-    T = round_up(max(len(t) for t in texts), TEXT_BUCKET)
-    ids = np.zeros((B, T), np.int32)
-    for i, t in enumerate(texts):
-        if not len(t):
-            raise ValueError(f"prompt {i} has no text after the video")
-        ids[i, :len(t)] = t
-    n = np.array([len(t) for t in texts], np.int32)
+    ids, n = _padded_texts(texts)
     logits, mem = vx.engine.text(mem, jnp.asarray(ids), jnp.asarray(n), kind="text", donate=True)
     last = np.asarray(logits, np.float32)[np.arange(B), n - 1]
     out, step_logits, mem = vx._decode_rows(mem, last, seen, params=params, stops=stops, max_new=max_new,
                                             seeds=seeds, chunk=chunk, return_logits=return_logits)
     return out, step_logits, mem
+
+
+def _rows_over_memories(input_ids, memory, max_new: int):
+    """B suffixes over saved memories (one shared, or B) -> (base memory [L, U, capacity] with one row per
+    distinct memory, each prompt's row index in it, the B texts int32, the B full prompts seen)."""
+    B = len(input_ids)
+    mems = list(memory) if isinstance(memory, (list, tuple)) else [memory] * B
+    if len(mems) != B:
+        raise ValueError(f"{len(mems)} memories for {B} prompts")
+    mems = [m if isinstance(m, VideoMemory) else VideoMemory(m, np.zeros((0,), np.int32)) for m in mems]
+    texts = [np.asarray(i) for i in input_ids]
+    if any((t == IMAGE_TOKEN_INDEX).any() for t in texts):
+        raise ValueError("with memory=..., input_ids must be the texts after the video (no -200 placeholder)")
+    texts = [t.astype(np.int32) for t in texts]
+    seen = [np.concatenate([m.prompt_ids, t]) for m, t in zip(mems, texts)]
+    # one memory row per distinct memory object (B questions over one video: encoded once, stored once)
+    uniq: dict[int, int] = {}
+    for m in mems:
+        uniq.setdefault(id(m.kv), len(uniq))
+    rows = [uniq[id(m.kv)] for m in mems]
+    kvs = {uniq[id(m.kv)]: m.kv for m in mems}
+    for kv in kvs.values():
+        if kv.k.shape[1] != 1:
+            raise ValueError(f"each memory must hold one prompt (batch 1), got batch {kv.k.shape[1]}")
+    longest = max(int(np.asarray(kvs[r].length)[0]) + len(t) for r, t in zip(rows, texts))
+    capacity = round_up(longest + max_new + TEXT_BUCKET, 256)
+    return stack_rows([kvs[u] for u in range(len(kvs))], capacity), rows, texts, seen
+
+
+def _rows_over_videos(vx, input_ids, pixel_values, ratio, max_new: int):
+    """B full prompts (with their videos, or text only) -> (base memory [L, U, capacity] of the U distinct
+    ``prefix || video`` pairs, encoded together, each prompt's row index in it, the B texts after the video,
+    the B full prompts seen)."""
+    B = len(input_ids)
+    pixels = list(pixel_values) if pixel_values is not None else [None] * B
+    if len(pixels) != B:
+        raise ValueError(f"{len(pixels)} pixel_values for {B} prompts")
+    if not isinstance(ratio if ratio is not None else DEFAULT_RATIO, (int, np.integer)):
+        raise ValueError("batched prompts with videos take one int ratio (step-random ratio lists: one call per "
+                         "video, or sessions)")
+    ratio = int(ratio if ratio is not None else DEFAULT_RATIO)
+    vx.cfg.beacon.check_ratio(ratio)
+    prefixes, texts, videos, seen, rows, keys = [], [], [], [], [], {}
+    for i, (ids, px) in enumerate(zip(input_ids, pixels)):
+        prefix, suffix = split_prompt(ids)
+        if suffix is None:  # text only: the whole prompt is text after an empty memory
+            if px is not None:
+                raise ValueError(f"prompt {i}: pixel_values given but input_ids have no -200 video placeholder")
+            prefix, suffix = prefix[:0], prefix
+        elif px is None:
+            raise ValueError(f"prompt {i}: input_ids contain the -200 video placeholder but no pixel_values")
+        key = (id(px) if px is not None else None, prefix.tobytes())
+        if key not in keys:
+            keys[key] = len(prefixes)
+            prefixes.append(prefix)
+            videos.append(px)
+        rows.append(keys[key])
+        texts.append(suffix)
+        seen.append(np.concatenate([prefix, suffix]))
+    b = vx.cfg.beacon
+    frames = [0 if v is None else vx._pixels(v, keep_uint8=True).shape[0] for v in videos]
+    beacons = [math.ceil(f * b.tokens_per_frame / b.window) * (b.window // ratio) for f in frames]
+    longest = max(len(prefixes[r]) + beacons[r] + len(t) for r, t in zip(rows, texts))
+    capacity = round_up(longest + max_new + 2 * TEXT_BUCKET, 256)
+    return encode_videos(vx, prefixes, videos, ratio, capacity), rows, texts, seen
+
+
+def _padded_texts(texts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """B texts -> (ids int32 [B, T] zero-padded to a ``TEXT_BUCKET`` multiple, lengths int32 [B])."""
+    T = round_up(max(len(t) for t in texts), TEXT_BUCKET)
+    ids = np.zeros((len(texts), T), np.int32)
+    for i, t in enumerate(texts):
+        if not len(t):
+            raise ValueError(f"prompt {i} has no text after the video")
+        ids[i, :len(t)] = t
+    return ids, np.array([len(t) for t in texts], np.int32)
