@@ -14,12 +14,11 @@ lockstep; each stops on its own.
 
 from __future__ import annotations
 
-import math
-
 import jax.numpy as jnp
 import numpy as np
 
 from vxl_jax.beacon.ratios import DEFAULT_RATIO
+from vxl_jax.beacon.windows import window_token_counts
 from vxl_jax.constants import IMAGE_TOKEN_INDEX
 from vxl_jax.memory import KVMemory
 from vxl_jax.preprocess import resize_crop_frames
@@ -79,8 +78,8 @@ def encode_videos(vx, prefixes: list[np.ndarray], pixels: list, ratio, capacity:
     (dtype, frame_shape), = forms
     per = b.frames_per_window
     num_visual = np.array([0 if r is None else len(r) * b.tokens_per_frame for r in rows])
-    n_windows = int(math.ceil(num_visual.max() / b.window))
-    counts = np.clip(num_visual[None, :] - np.arange(n_windows)[:, None] * b.window, 0, b.window).astype(np.int32)
+    n_windows = b.num_windows(num_visual.max())
+    counts = np.asarray(window_token_counts(num_visual.astype(np.int32), n_windows, b.window))  # [W, U]
     start = 0
     for size in chunk_sizes(n_windows, FRAME_CALL_WINDOWS):
         block = np.zeros((size, U, per, *frame_shape), dtype)
@@ -187,7 +186,7 @@ def _rows_over_videos(vx, input_ids, pixel_values, ratio, max_new: int):
         seen.append(np.concatenate([prefix, suffix]))
     b = vx.cfg.beacon
     frames = [0 if v is None else vx._pixels(v, keep_uint8=True).shape[0] for v in videos]
-    beacons = [math.ceil(f * b.tokens_per_frame / b.window) * (b.window // ratio) for f in frames]
+    beacons = [b.windows_for_frames(f) * (b.window // ratio) for f in frames]
     longest = max(len(prefixes[r]) + beacons[r] + len(t) for r, t in zip(rows, texts))
     capacity = round_up(longest + max_new + 2 * TEXT_BUCKET, 256)
     return encode_videos(vx, prefixes, videos, ratio, capacity), rows, texts, seen

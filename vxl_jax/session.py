@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 
 import jax
@@ -251,7 +250,7 @@ def load(vx, path, ratio=None, seed: int = DEFAULT_SEED) -> SessionState:
     if sess is None:  # a video memory: continue it
         r = check_ratio(vx.cfg.beacon, ratio)
         rng_state = None if isinstance(r, int) else np.random.default_rng(seed).bit_generator.state
-        windows = math.ceil(int(extra.get("visual_tokens", 0)) / vx.cfg.beacon.window)
+        windows = vx.cfg.beacon.num_windows(int(extra.get("visual_tokens", 0)))
         return SessionState(kv, prompt_ids, None, int(extra.get("frames", 0)), r, rng_state, (0,) * windows)
     r = sess["ratio"] if isinstance(sess["ratio"], int) else tuple(sess["ratio"])
     if ratio is not None and check_ratio(vx.cfg.beacon, ratio) != r:

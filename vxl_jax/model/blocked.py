@@ -240,16 +240,9 @@ def _attention_bwd(causal, scale, res, dout):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def blocked_attention(q, k, v, *, valid=None, causal: bool = True, mem_k=None, mem_v=None, mem_len=None,
-                      mem_layer=None, scale: float | None = None):
-    """Attention of chunk queries over ``[memory[:mem_len] || chunk keys]`` -> [B, T, H, Dh] (q's dtype).
-
-    valid [B, T] bool (default all); causal: chunk row t sees chunk keys t' <= t (else all valid keys);
-    mem_k/mem_v [B, M, KV, Dh] (or None) with mem_len [B] int32; or the stacked memory of every layer
-    [L, B, M, KV, Dh] with ``mem_layer`` (int32 scalar) naming the layer, read in place. The stacked
-    form is for inference: its cotangent is a whole [L, ...] buffer per layer. A row that sees no
-    key returns 0.
-    """
+def checked_arguments(q, valid, mem_k, mem_len, mem_layer, scale):
+    """The argument rules every [memory || chunk] attention kernel shares -> (scale, valid [B, T] bool,
+    mem_len int32 [B] or None); raises ValueError for a memory without lengths or a mis-declared layer."""
     B, T, H, D = q.shape
     scale = D ** -0.5 if scale is None else float(scale)
     if valid is None:
@@ -260,6 +253,20 @@ def blocked_attention(q, k, v, *, valid=None, causal: bool = True, mem_k=None, m
         mem_len = mem_len.astype(jnp.int32)
     if (mem_layer is None) != (mem_k is None or mem_k.ndim == 4):
         raise ValueError("a stacked [L, B, M, KV, Dh] memory needs mem_layer, a [B, M, KV, Dh] one must not have it")
+    return scale, valid, mem_len
+
+
+def blocked_attention(q, k, v, *, valid=None, causal: bool = True, mem_k=None, mem_v=None, mem_len=None,
+                      mem_layer=None, scale: float | None = None):
+    """Attention of chunk queries over ``[memory[:mem_len] || chunk keys]`` -> [B, T, H, Dh] (q's dtype).
+
+    valid [B, T] bool (default all); causal: chunk row t sees chunk keys t' <= t (else all valid keys);
+    mem_k/mem_v [B, M, KV, Dh] (or None) with mem_len [B] int32; or the stacked memory of every layer
+    [L, B, M, KV, Dh] with ``mem_layer`` (int32 scalar) naming the layer, read in place. The stacked
+    form is for inference: its cotangent is a whole [L, ...] buffer per layer. A row that sees no
+    key returns 0.
+    """
+    scale, valid, mem_len = checked_arguments(q, valid, mem_k, mem_len, mem_layer, scale)
     return _attention(q, k, v, valid, mem_k, mem_v, mem_len, mem_layer, bool(causal), scale)
 
 

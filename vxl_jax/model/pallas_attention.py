@@ -256,15 +256,7 @@ def pallas_attention(q, k, v, *, valid=None, causal: bool = True, mem_k=None, me
     KV = k.shape[2]
     if H % KV:
         raise ValueError(f"query heads ({H}) must be a multiple of KV heads ({KV})")
-    scale = D ** -0.5 if scale is None else float(scale)
-    if valid is None:
-        valid = jnp.ones((B, T), bool)
-    if mem_k is not None and mem_len is None:
-        raise ValueError("mem_len is required with mem_k")
-    if mem_k is not None:
-        mem_len = mem_len.astype(jnp.int32)
-    if (mem_layer is None) != (mem_k is None or mem_k.ndim == 4):
-        raise ValueError("a stacked [L, B, M, KV, Dh] memory needs mem_layer, a [B, M, KV, Dh] one must not have it")
+    scale, valid, mem_len = blocked.checked_arguments(q, valid, mem_k, mem_len, mem_layer, scale)
     blocks = (int(block_q), int(block_k), int(block_mem))
 
     def call(*arrays):
