@@ -531,7 +531,7 @@ def stream_into_session(a: argparse.Namespace, vx, prefix, timings: dict):
     -> (session, video info, ingestion stats {compile_s, run_s, wall_s}). ``timings['read_video_s']``: decoding."""
     from tqdm.auto import tqdm
 
-    from vxl_jax.video import VideoStream
+    from vxl_jax.video import TimedReader, VideoStream
 
     t0 = time.perf_counter()
     stream = VideoStream(a.video, fps=a.fps, size=vx.cfg.vision.image_size, batch=vx.cfg.beacon.frames_per_window)
@@ -543,16 +543,12 @@ def stream_into_session(a: argparse.Namespace, vx, prefix, timings: dict):
     c0, r0 = vx.engine.compile_s, vx.engine.run_s
     session = vx.session(prefix, ratio=a.ratio)
     bar = tqdm(total=len(stream), desc="frames", unit="frame", disable=a.quiet, leave=False)
-    read_s, chunks = 0.0, iter(stream)
-    while True:
-        t = time.perf_counter()
-        chunk = next(chunks, None)
-        read_s += time.perf_counter() - t
-        if chunk is None:
-            break
+    reader = TimedReader(stream)
+    for chunk in reader:
         session.add_frames(chunk)
         bar.update(len(chunk))
     bar.close()
+    read_s = reader.seconds
     timings["read_video_s"] = read_s
     wall = time.perf_counter() - t0 - read_s
     return session, info, {"compile_s": vx.engine.compile_s - c0, "run_s": vx.engine.run_s - r0, "wall_s": wall}

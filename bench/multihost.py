@@ -88,6 +88,15 @@ def losses(workdir: str) -> dict[int, float]:
     return out
 
 
+def run_one(cmd, cache, timeout) -> tuple[str, float]:
+    """One process with 8 fake devices -> (its stdout, wall seconds); its stderr tail if it fails."""
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env=env_for(8, cache), capture_output=True, text=True, timeout=timeout)
+    if r.returncode:
+        raise RuntimeError(r.stderr[-3000:])
+    return r.stdout, time.perf_counter() - t0
+
+
 def bench_train(tmp: str, cache: str, timeout: float) -> tuple[list[tuple], bool, dict]:
     data = os.path.join(tmp, "data")
     pair, single, resumed = (os.path.join(tmp, n) for n in ("pair", "single", "resumed"))
@@ -95,23 +104,13 @@ def bench_train(tmp: str, cache: str, timeout: float) -> tuple[list[tuple], bool
     run_pair(lambda i, port: train_cmd(pair, data, STEPS) + ["--coordinator", f"localhost:{port}", "--num-processes",
                                                              "2", "--process-id", str(i)], cache, timeout, False)
     t_pair = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    r = subprocess.run(train_cmd(single, data, STEPS), env=env_for(8, cache), capture_output=True, text=True,
-                       timeout=timeout)
-    if r.returncode:
-        raise RuntimeError(r.stderr[-3000:])
-    t_single = time.perf_counter() - t0
+    _, t_single = run_one(train_cmd(single, data, STEPS), cache, timeout)
     # one process resumes the checkpoint the pair wrote half way
     shutil.copytree(os.path.join(pair, "checkpoints"), os.path.join(resumed, "checkpoints"))
     shutil.rmtree(os.path.join(resumed, "checkpoints", str(STEPS)))
-    t0 = time.perf_counter()
-    r = subprocess.run(train_cmd(resumed, data, STEPS), env=env_for(8, cache), capture_output=True, text=True,
-                       timeout=timeout)
-    if r.returncode:
-        raise RuntimeError(r.stderr[-3000:])
-    t_resumed = time.perf_counter() - t0
-    if f"steps {STEPS // 2}->{STEPS}" not in r.stdout:
-        raise RuntimeError(f"the single process did not resume the pair's checkpoint: {r.stdout[-2000:]}")
+    out, t_resumed = run_one(train_cmd(resumed, data, STEPS), cache, timeout)
+    if f"steps {STEPS // 2}->{STEPS}" not in out:
+        raise RuntimeError(f"the single process did not resume the pair's checkpoint: {out[-2000:]}")
     a, b, c = losses(single), losses(pair), losses(resumed)
     rows, ok = [], sorted(a) == sorted(b) == list(range(1, STEPS + 1)) and sorted(c) == list(range(STEPS // 2 + 1,
                                                                                                       STEPS + 1))

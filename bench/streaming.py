@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     from vxl_jax.demo import default_model
     from vxl_jax.prompt import DEFAULT_SYSTEM, chat_prompt, suffix_ids, tokenizer_image_token
     from vxl_jax.api import split_prompt
-    from vxl_jax.video import VideoStream, write_sample_video
+    from vxl_jax.video import TimedReader, VideoStream, write_sample_video
 
     w, h = (int(x) for x in a.size.split("x"))
     frames_total = a.minutes * 60
@@ -72,14 +72,8 @@ def main(argv=None) -> None:
     session = vx.session(prefix, ratio=a.ratio)
     t0 = time.perf_counter()
     c0 = vx.engine.compile_s
-    read_s = 0.0
-    chunks = iter(stream)
-    while True:
-        t = time.perf_counter()
-        chunk = next(chunks, None)
-        read_s += time.perf_counter() - t
-        if chunk is None:
-            break
+    reader = TimedReader(stream)
+    for chunk in reader:
         session.add_frames(chunk)
         if session.frames in checkpoints:
             cur, peak = rss_mib()
@@ -104,7 +98,7 @@ def main(argv=None) -> None:
         a0, a1 = steady[0], steady[-1]
         run = (a1["wall"] - a0["wall"]) - (a1["compile"] - a0["compile"])
         line += f", {(a1['frames'] - a0['frames']) / run:.1f} from minute {a0['minute']:.0f} to {a1['minute']:.0f}"
-    print(line + f" (decoding + resizing the video: {read_s:.1f} s of it)")
+    print(line + f" (decoding + resizing the video: {reader.seconds:.1f} s of it)")
 
     # ---------------------------------------------------------------- 8 questions over the memory
     vm = session.video_memory()

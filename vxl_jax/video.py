@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 import warnings
 
 import numpy as np
@@ -349,3 +350,23 @@ def write_sample_video(path, num_frames: int = 120, size: tuple[int, int] = (320
         except (av.error.FFmpegError, ValueError) as e:  # encoder missing: try the next one
             last_error = e
     raise RuntimeError(f"could not write a sample video with codecs {codecs}: {last_error}")
+
+
+class TimedReader:
+    """Iterates ``chunks`` (any iterable of frame batches, e.g. a :class:`VideoStream`) and adds the seconds
+    spent producing each item to ``seconds``: the reading/decoding time, apart from what the caller does
+    with each chunk."""
+
+    def __init__(self, chunks):
+        self._chunks = iter(chunks)
+        self.seconds = 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t = time.perf_counter()
+        try:
+            return next(self._chunks)
+        finally:
+            self.seconds += time.perf_counter() - t
