@@ -12,6 +12,10 @@ explicit:
   Window w is recomputed from its inputs and the final memory with the counters it started with, and differentiated on its own; the ratio branch is chosen *before*
   differentiating, so only the chosen branch's residuals exist, for one window at a time.
 
+With ``then`` (the text scored after the video), the backward starts from ``then``'s gradient: its
+parameter cotangent is the reverse scan's initial accumulator, so no second parameter-sized gradient
+waits for the scan to finish (on a 7B train step, one parameter-sized buffer less at the peak).
+
 The result equals differentiating the plain scan (``compress_windows``), to fp32 rounding.
 """
 
@@ -45,16 +49,22 @@ def _window(graphdef, params, rest, k, v, counters, inp, n, *, ratio, from_pixel
 
 
 def compress_windows_lean(model, mem: KVMemory, windows, n_valid, ratio_idx, *, ratios: tuple[int, ...],
-                          from_pixels: bool, attention: str = "xla", remat: str = "none", keep: bool = True):
+                          from_pixels: bool, attention: str = "xla", remat: str = "none", keep: bool = True,
+                          then=None, then_args=()):
     """Same arguments and result as :func:`vxl_jax.beacon.windows.compress_windows`; lean backward.
 
     Gradients flow to the model's ``nnx.Param`` leaves and to the incoming memory K/V; not to the
-    window inputs (pixels or features).
+    window inputs (pixels or features). With ``then(model, memory, *then_args)`` -> outputs (a pytree,
+    e.g. a loss sum and a token count), the result is ``then`` of the final memory instead of the memory;
+    ``then_args`` (arrays) get no gradient.
     """
     ratios = tuple(int(r) for r in ratios)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     steps = [functools.partial(_window, graphdef, ratio=r, from_pixels=from_pixels, attention=attention,
                                remat=remat, keep=keep) for r in ratios]
+
+    def tail(params, rest, k, v, counters, args):
+        return then(nnx.merge(graphdef, params, rest), _with_counters(k, v, counters), *args)
 
     def forward(params, rest, k, v, counters, windows, n_valid, ratio_idx):
         def body(carry, xs):
@@ -63,20 +73,28 @@ def compress_windows_lean(model, mem: KVMemory, windows, n_valid, ratio_idx, *, 
             branches = [functools.partial(s, params, rest) for s in steps]
             return pick_branch(idx, branches, k, v, counters, inp, n), counters
 
-        (k, v, counters), starts = jax.lax.scan(body, (k, v, counters), (windows, n_valid, ratio_idx))
-        return (k, v, counters), starts
+        return jax.lax.scan(body, (k, v, counters), (windows, n_valid, ratio_idx))
+
+    def result(params, rest, final, args):
+        return final if then is None else tail(params, rest, *final, args)
 
     @jax.custom_vjp
-    def run(params, rest, k, v, counters, windows, n_valid, ratio_idx):
-        return forward(params, rest, k, v, counters, windows, n_valid, ratio_idx)[0]
+    def run(params, rest, k, v, counters, windows, n_valid, ratio_idx, args):
+        return result(params, rest, forward(params, rest, k, v, counters, windows, n_valid, ratio_idx)[0], args)
 
-    def run_fwd(params, rest, k, v, counters, windows, n_valid, ratio_idx):
-        (k, v, counters), starts = forward(params, rest, k, v, counters, windows, n_valid, ratio_idx)
-        return (k, v, counters), (params, rest, k, v, starts, windows, n_valid, ratio_idx)
+    def run_fwd(params, rest, k, v, counters, windows, n_valid, ratio_idx, args):
+        final, starts = forward(params, rest, k, v, counters, windows, n_valid, ratio_idx)
+        return result(params, rest, final, args), (params, rest, final, starts, windows, n_valid, ratio_idx, args)
 
     def run_bwd(res, g):
-        params, rest, k_final, v_final, starts, windows, n_valid, ratio_idx = res
-        gk, gv, _ = g
+        params, rest, (k_final, v_final, counters_final), starts, windows, n_valid, ratio_idx, args = res
+        if then is None:
+            gk, gv, _ = g
+            # cotangents summed over windows in the parameters' dtype, as differentiating the plain scan does
+            dparams = jax.tree.map(jnp.zeros_like, params)
+        else:  # the scan accumulates onto the gradient of what follows the video
+            pull = jax.vjp(lambda p, k, v: tail(p, rest, k, v, counters_final, args), params, k_final, v_final)[1]
+            dparams, gk, gv = pull(g)
 
         def window_vjp(step, counters, inp, n, dk, dv):
             f = lambda p, k, v: step(p, rest, k, v, counters, inp, n)[:2]  # noqa: E731
@@ -90,13 +108,11 @@ def compress_windows_lean(model, mem: KVMemory, windows, n_valid, ratio_idx, *, 
             dparams = constrain_params(jax.tree.map(lambda a, b: a + b.astype(a.dtype), dparams, dp), like=params)
             return (dparams, *constrain_memory(dk, dv)), None
 
-        # cotangents summed over windows in the parameters' dtype, as differentiating the plain scan does
-        zeros = constrain_params(jax.tree.map(jnp.zeros_like, params), like=params)
-        (dparams, dk, dv), _ = jax.lax.scan(back, (zeros, gk, gv), (starts, windows, n_valid, ratio_idx),
-                                            reverse=True)
-        return dparams, None, dk, dv, None, None, None, None
+        carry = (constrain_params(dparams, like=params), *constrain_memory(gk, gv))
+        (dparams, dk, dv), _ = jax.lax.scan(back, carry, (starts, windows, n_valid, ratio_idx), reverse=True)
+        return dparams, None, dk, dv, None, None, None, None, None
 
     run.defvjp(run_fwd, run_bwd)
     counters = tuple(getattr(mem, c) for c in _COUNTERS)
-    k, v, counters = run(params, rest, mem.k, mem.v, counters, windows, n_valid, ratio_idx)
-    return _with_counters(k, v, counters)
+    out = run(params, rest, mem.k, mem.v, counters, windows, n_valid, ratio_idx, tuple(then_args))
+    return _with_counters(*out) if then is None else out

@@ -78,13 +78,14 @@ def windowed_loss(model, batch: dict, ratio_idx, *, ratios: tuple[int, ...], kee
     # Prefix: plain causal text (positions 0..P-1: the memory is empty), kept in full as the sink.
     loss, count, mem = _scored_text(model, mem, prefix_ids, batch["prefix_labels"], batch["prefix_len"],
                                     kind="prefix")
-    # Video: one scan over windows; CLIP + projector + pool run inside each window step.
+    # Video: one scan over windows (CLIP + projector + pool run inside each window step), then the suffix,
+    # which reads [prefix || beacons] and is scored.
+    suffix = (batch["suffix_ids"], batch["suffix_labels"], batch["suffix_len"])
     if W:
-        mem = _compress_video(model, mem, pixels, batch["num_frames"], ratio_idx, ratios=ratios,
-                              keep_memory=keep_memory, window_backward=window_backward)
-    # Suffix: reads [prefix || beacons]; scored.
-    s_loss, s_count, _ = _scored_text(model, mem, batch["suffix_ids"], batch["suffix_labels"], batch["suffix_len"],
-                                      kind=None)
+        s_loss, s_count = _video_then_suffix(model, mem, pixels, batch["num_frames"], ratio_idx, suffix, ratios=ratios,
+                                             keep_memory=keep_memory, window_backward=window_backward)
+    else:
+        s_loss, s_count = _suffix_loss(model, mem, *suffix)
     return loss + s_loss, count + s_count
 
 
@@ -107,10 +108,17 @@ def _scored_text(model, mem: KVMemory, ids, labels, length, *, kind):
     return loss, count, mem
 
 
-def _compress_video(model, mem: KVMemory, pixels, num_frames, ratio_idx, *, ratios: tuple[int, ...],
-                    keep_memory: bool, window_backward: str) -> KVMemory:
+def _suffix_loss(model, mem: KVMemory, ids, labels, length):
+    """The scored suffix over the memory -> (loss_sum, n_tokens)."""
+    return _scored_text(model, mem, ids, labels, length, kind=None)[:2]
+
+
+def _video_then_suffix(model, mem: KVMemory, pixels, num_frames, ratio_idx, suffix, *, ratios: tuple[int, ...],
+                       keep_memory: bool, window_backward: str):
     """Frames [B, F, ...] (``num_frames`` [B] real) cut into W windows [W, B, fpw, ...] and compressed into
-    ``mem`` by one scan (the backward as ``window_backward`` picks, see :func:`windowed_loss`)."""
+    ``mem`` by one scan (the backward as ``window_backward`` picks, see :func:`windowed_loss`), then the
+    suffix (ids, labels, length) scored over it -> (loss_sum, n_tokens). The lean backward takes the
+    suffix inside (:func:`vxl_jax.beacon.lean.compress_windows_lean`'s ``then``)."""
     b, rt = model.cfg.beacon, model.cfg.runtime
     B, F = pixels.shape[:2]
     fpw = b.frames_per_window
@@ -121,8 +129,9 @@ def _compress_video(model, mem: KVMemory, pixels, num_frames, ratio_idx, *, rati
     n_valid = window_token_counts(num_frames * b.tokens_per_frame, W, b.window)
     kw = dict(ratios=ratios, from_pixels=True, attention=rt.attention, remat=rt.remat, keep=keep_memory)
     if window_backward == "lean":
-        return compress_windows_lean(model, mem, windows, n_valid, ratio_idx, **kw)
+        return compress_windows_lean(model, mem, windows, n_valid, ratio_idx, then=_suffix_loss, then_args=suffix, **kw)
     if window_backward in ("checkpoint", "plain"):
-        return compress_windows(model, mem, windows, n_valid, ratio_idx, window_remat=window_backward == "checkpoint",
-                                sliced_memory=True, **kw)
+        mem = compress_windows(model, mem, windows, n_valid, ratio_idx, window_remat=window_backward == "checkpoint",
+                               sliced_memory=True, **kw)
+        return _suffix_loss(model, mem, *suffix)
     raise ValueError(f"window_backward must be 'lean', 'checkpoint' or 'plain', got {window_backward!r}")
