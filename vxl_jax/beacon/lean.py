@@ -48,6 +48,37 @@ def _window(graphdef, params, rest, k, v, counters, inp, n, *, ratio, from_pixel
     return *constrain_memory(mem.k, mem.v), tuple(getattr(mem, c) for c in _COUNTERS)
 
 
+def _forward_scan(steps, params, rest, k, v, counters, windows, n_valid, ratio_idx):
+    """The plain scan over windows -> ((final k, v, counters), counters each window started with [W, ...])."""
+    def body(carry, xs):
+        k, v, counters = carry
+        inp, n, idx = xs
+        branches = [functools.partial(s, params, rest) for s in steps]
+        return pick_branch(idx, branches, k, v, counters, inp, n), counters
+
+    return jax.lax.scan(body, (k, v, counters), (windows, n_valid, ratio_idx))
+
+
+def _backward_scan(steps, params, rest, k_final, v_final, starts, windows, n_valid, ratio_idx, dparams, gk, gv):
+    """Reverse scan over windows from the cotangents (dparams, gk, gv) of what followed the windows
+    -> (dparams + every window's parameter cotangent, memory cotangents dk, dv at the first window)."""
+    def window_vjp(step, counters, inp, n, dk, dv):
+        f = lambda p, k, v: step(p, rest, k, v, counters, inp, n)[:2]  # noqa: E731
+        _, pull = jax.vjp(f, params, k_final, v_final)
+        return pull((dk, dv))
+
+    def back(carry, xs):
+        dparams, dk, dv = carry
+        counters, inp, n, idx = xs
+        dp, dk, dv = pick_branch(idx, [functools.partial(window_vjp, s) for s in steps], counters, inp, n, dk, dv)
+        # summed in the parameters' dtype, as differentiating the plain scan does
+        dparams = constrain_params(jax.tree.map(lambda a, b: a + b.astype(a.dtype), dparams, dp), like=params)
+        return (dparams, *constrain_memory(dk, dv)), None
+
+    carry = (constrain_params(dparams, like=params), *constrain_memory(gk, gv))
+    return jax.lax.scan(back, carry, (starts, windows, n_valid, ratio_idx), reverse=True)[0]
+
+
 def compress_windows_lean(model, mem: KVMemory, windows, n_valid, ratio_idx, *, ratios: tuple[int, ...],
                           from_pixels: bool, attention: str = "xla", remat: str = "none", keep: bool = True,
                           then=None, then_args=()):
@@ -58,58 +89,35 @@ def compress_windows_lean(model, mem: KVMemory, windows, n_valid, ratio_idx, *, 
     e.g. a loss sum and a token count), the result is ``then`` of the final memory instead of the memory;
     ``then_args`` (arrays) get no gradient.
     """
-    ratios = tuple(int(r) for r in ratios)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    steps = [functools.partial(_window, graphdef, ratio=r, from_pixels=from_pixels, attention=attention,
+    steps = [functools.partial(_window, graphdef, ratio=int(r), from_pixels=from_pixels, attention=attention,
                                remat=remat, keep=keep) for r in ratios]
 
-    def tail(params, rest, k, v, counters, args):
+    def tail(params, rest, final, args):
+        k, v, counters = final
         return then(nnx.merge(graphdef, params, rest), _with_counters(k, v, counters), *args)
 
-    def forward(params, rest, k, v, counters, windows, n_valid, ratio_idx):
-        def body(carry, xs):
-            k, v, counters = carry
-            inp, n, idx = xs
-            branches = [functools.partial(s, params, rest) for s in steps]
-            return pick_branch(idx, branches, k, v, counters, inp, n), counters
-
-        return jax.lax.scan(body, (k, v, counters), (windows, n_valid, ratio_idx))
-
     def result(params, rest, final, args):
-        return final if then is None else tail(params, rest, *final, args)
+        return final if then is None else tail(params, rest, final, args)
 
     @jax.custom_vjp
     def run(params, rest, k, v, counters, windows, n_valid, ratio_idx, args):
-        return result(params, rest, forward(params, rest, k, v, counters, windows, n_valid, ratio_idx)[0], args)
+        return result(params, rest, _forward_scan(steps, params, rest, k, v, counters, windows, n_valid, ratio_idx)[0],
+                      args)
 
     def run_fwd(params, rest, k, v, counters, windows, n_valid, ratio_idx, args):
-        final, starts = forward(params, rest, k, v, counters, windows, n_valid, ratio_idx)
+        final, starts = _forward_scan(steps, params, rest, k, v, counters, windows, n_valid, ratio_idx)
         return result(params, rest, final, args), (params, rest, final, starts, windows, n_valid, ratio_idx, args)
 
     def run_bwd(res, g):
-        params, rest, (k_final, v_final, counters_final), starts, windows, n_valid, ratio_idx, args = res
+        params, rest, final, starts, windows, n_valid, ratio_idx, args = res
         if then is None:
-            gk, gv, _ = g
-            # cotangents summed over windows in the parameters' dtype, as differentiating the plain scan does
-            dparams = jax.tree.map(jnp.zeros_like, params)
+            (gk, gv, _), dparams = g, jax.tree.map(jnp.zeros_like, params)
         else:  # the scan accumulates onto the gradient of what follows the video
-            pull = jax.vjp(lambda p, k, v: tail(p, rest, k, v, counters_final, args), params, k_final, v_final)[1]
+            pull = jax.vjp(lambda p, k, v: tail(p, rest, (k, v, final[2]), args), params, final[0], final[1])[1]
             dparams, gk, gv = pull(g)
-
-        def window_vjp(step, counters, inp, n, dk, dv):
-            f = lambda p, k, v: step(p, rest, k, v, counters, inp, n)[:2]  # noqa: E731
-            _, pull = jax.vjp(f, params, k_final, v_final)
-            return pull((dk, dv))
-
-        def back(carry, xs):
-            dparams, dk, dv = carry
-            counters, inp, n, idx = xs
-            dp, dk, dv = pick_branch(idx, [functools.partial(window_vjp, s) for s in steps], counters, inp, n, dk, dv)
-            dparams = constrain_params(jax.tree.map(lambda a, b: a + b.astype(a.dtype), dparams, dp), like=params)
-            return (dparams, *constrain_memory(dk, dv)), None
-
-        carry = (constrain_params(dparams, like=params), *constrain_memory(gk, gv))
-        (dparams, dk, dv), _ = jax.lax.scan(back, carry, (starts, windows, n_valid, ratio_idx), reverse=True)
+        dparams, dk, dv = _backward_scan(steps, params, rest, final[0], final[1], starts, windows, n_valid, ratio_idx,
+                                         dparams, gk, gv)
         return dparams, None, dk, dv, None, None, None, None, None
 
     run.defvjp(run_fwd, run_bwd)
