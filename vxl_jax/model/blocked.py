@@ -86,8 +86,11 @@ class _Tiling:
         self.nq = -(-T // self.qb)
         self.kb = min(K_BLOCK, T)
         self.nk = -(-T // self.kb)
-        # fewer query rows -> longer memory tiles (same tile area), so decoding takes few loop steps
-        self.mb = min(M, max(M_BLOCK, min(M_BLOCK_MAX, M_BLOCK * (Q_BLOCK // self.qb))))
+        # fewer query rows -> longer memory tiles (same tile area), so decoding takes few loop steps; the
+        # capacity is cut into equal tiles of at most that size, so a memory filled close to its capacity
+        # reads no clamped tile over its neighbour (2 990 slots: 2 x 1 495, not 2 x 2 048)
+        most = min(M, max(M_BLOCK, min(M_BLOCK_MAX, M_BLOCK * (Q_BLOCK // self.qb))))
+        self.mb = -(-M // -(-M // most)) if most else 0
 
     def chunk_tiles(self, i, causal: bool):
         """Number of chunk key tiles query tile i reads."""
