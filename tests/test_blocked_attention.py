@@ -82,19 +82,21 @@ def test_memory_loop_trip_count_follows_length():
 
 
 def test_memory_cut_into_equal_tiles():
-    """The capacity is cut into equal tiles of at most the tile size: a memory filled close to its capacity
-    reads little past it (2 990 slots for a decoded row: 2 tiles of 1 495, not 2 of 2 048)."""
-    for T, M in [(1, 2990), (1, 4096), (1, 300), (32, 300), (150, 41), (150, 40), (7, 10_000)]:
+    """The capacity is cut into equal tiles of at most the tile size (rounded up to 8 slots): a memory filled
+    close to its capacity reads little past it, and a larger capacity never makes the tiles larger."""
+    for T, M in [(1, 2990), (1, 4096), (1, 300), (32, 300), (150, 41), (150, 40), (7, 10_000), (1, 5)]:
         tl = blocked._Tiling(T, M)
         most = min(M, max(blocked.M_BLOCK, min(blocked.M_BLOCK_MAX, blocked.M_BLOCK * (blocked.Q_BLOCK // tl.qb))))
         n = -(-M // tl.mb)
-        assert tl.mb <= most and n == -(-M // most), (T, M, tl.mb)
-        assert n * tl.mb - M < n, (T, M, tl.mb)  # the clamped overlap is under one slot per tile
+        assert tl.mb <= most and n == -(-M // most), (T, M, tl.mb)  # as few tiles as the size allows
+        assert tl.mb == M or tl.mb % 8 == 0, (T, M, tl.mb)
+        assert n * tl.mb - M < 8 * n, (T, M, tl.mb)  # the last tile shifted back by under 8 slots per tile
+    assert blocked._Tiling(1, 4 * 2990).mb == blocked._Tiling(1, 2990).mb == 1000  # 4x the room: same tiles
 
 
 def test_causal_tiles_skip_the_upper_triangle():
     tl = blocked._Tiling(150, 300)  # query tiles of 32 rows, chunk key tiles of 48, memory tiles of <= 40:
-    assert (tl.nq, tl.nk, tl.mb) == (5, 4, 38)  # 300 slots in 8 equal tiles (38 * 8 = 304: the last one clamped by 4)
+    assert (tl.nq, tl.nk, tl.mb) == (5, 4, 40)  # 300 slots in 8 tiles of 38 rounded up to 40 (the last one clamped)
     # key tiles read by each query tile: rows 0-31 need keys 0-47 (1 tile), rows 128-159 all 4
     assert [int(tl.chunk_tiles(i, True)) for i in range(tl.nq)] == [1, 2, 2, 3, 4]
     assert all(int(tl.chunk_tiles(i, False)) == 4 for i in range(tl.nq))

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 Q_BLOCK = 128  # query rows per tile
 K_BLOCK = 128  # chunk keys per tile
 M_BLOCK = 512  # memory slots per tile (for a full query tile)
-M_BLOCK_MAX = 2048  # memory tiles grow as query tiles shrink (decoding: 1 row), up to this
+M_BLOCK_MAX = 1024  # memory tiles grow as query tiles shrink (decoding: 1 row), up to this
 _NEG = -1e30  # finite "minus infinity" for running maxima (masked entries are zeroed explicitly)
 
 
@@ -78,6 +78,10 @@ def _trip_count(mem_len, block):
     return (jnp.max(mem_len) + block - 1) // block
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 class _Tiling:
     """Static tile sizes for a chunk of T rows and a memory of M slots (queries and chunk keys padded)."""
 
@@ -87,10 +91,11 @@ class _Tiling:
         self.kb = min(K_BLOCK, T)
         self.nk = -(-T // self.kb)
         # fewer query rows -> longer memory tiles (same tile area), so decoding takes few loop steps; the
-        # capacity is cut into equal tiles of at most that size, so a memory filled close to its capacity
-        # reads no clamped tile over its neighbour (2 990 slots: 2 x 1 495, not 2 x 2 048)
+        # capacity is cut into equal tiles (rounded up to 8 slots) of at most that size, so a memory filled
+        # close to its capacity reads little past it (2 990 slots: 3 tiles of 1 000), and more room in the
+        # buffer never makes the tiles larger
         most = min(M, max(M_BLOCK, min(M_BLOCK_MAX, M_BLOCK * (Q_BLOCK // self.qb))))
-        self.mb = -(-M // -(-M // most)) if most else 0
+        self.mb = min(M, _ceil_div(_ceil_div(M, _ceil_div(M, most)), 8) * 8) if most else 0
 
     def chunk_tiles(self, i, causal: bool):
         """Number of chunk key tiles query tile i reads."""
