@@ -87,9 +87,9 @@ class _Tiling:
 
     def __init__(self, T: int, M: int):
         self.qb = min(Q_BLOCK, T)
-        self.nq = -(-T // self.qb)
+        self.nq = _ceil_div(T, self.qb)
         self.kb = min(K_BLOCK, T)
-        self.nk = -(-T // self.kb)
+        self.nk = _ceil_div(T, self.kb)
         # fewer query rows -> longer memory tiles (same tile area), so decoding takes few loop steps; the
         # capacity is cut into equal tiles (rounded up to 8 slots) of at most that size, so a memory filled
         # close to its capacity reads little past it (2 990 slots: 3 tiles of 1 000), and more room in the

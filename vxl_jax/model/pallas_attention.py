@@ -126,13 +126,20 @@ def _forward(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, blocks
     GPUs (interpreting a TPU kernel there would be slow; use ``cudnn``).
     """
     args = (q, k, v, valid, mem_k, mem_v, mem_len, layer)
+    return _by_platform(args, functools.partial(_call_kernel, causal=causal, scale=scale, blocks=blocks),
+                        functools.partial(_call_blocked, causal=causal, scale=scale), interpret)
+
+
+def _by_platform(args, kernel, fallback, interpret):
+    """``kernel(*args, interpret=interpret)``; with ``interpret`` None, chosen when lowering: the Mosaic kernel on
+    TPU when it tiles these shapes (else ``fallback(*args)``), interpret mode on CPU, ``fallback`` elsewhere.
+    ``args`` start with (q, k, v, valid, mem_k)."""
     if interpret is not None:
-        return _kernel_forward(*args, causal, scale, blocks, interpret)
-    kernel = functools.partial(_call_kernel, causal=causal, scale=scale, blocks=blocks)
-    fallback = functools.partial(_call_blocked, causal=causal, scale=scale)
-    tpu = functools.partial(kernel, interpret=False) if tpu_supported(q.shape[-1], k.shape[2],
-                                                                      *_kv_dtypes(k, mem_k)) else fallback
-    return jax.lax.platform_dependent(*args, tpu=tpu, cpu=functools.partial(kernel, interpret=True), default=fallback)
+        return kernel(*args, interpret=interpret)
+    q, k, mem_k = args[0], args[1], args[4]
+    on_tpu = tpu_supported(q.shape[-1], k.shape[2], *_kv_dtypes(k, mem_k))
+    return jax.lax.platform_dependent(*args, tpu=functools.partial(kernel, interpret=False) if on_tpu else fallback,
+                                      cpu=functools.partial(kernel, interpret=True), default=fallback)
 
 
 def _call_kernel(*args, causal, scale, blocks, interpret):
@@ -199,16 +206,9 @@ def _attention_fwd(q, k, v, valid, mem_k, mem_v, mem_len, layer, causal, scale, 
 def _attention_bwd(causal, scale, blocks, interpret, res, dout):
     q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse = res
     args = (q, k, v, valid, mem_k, mem_v, mem_len, layer, out, lse, dout)
-    kernel = functools.partial(_kernel_backward, causal=causal, scale=scale, blocks=blocks)
-    if interpret is not None:
-        grads = kernel(*args, interpret=interpret)
-    else:  # as the forward: chosen when lowering
-        fallback = functools.partial(_blocked_backward, causal=causal, scale=scale)
-        tpu = functools.partial(kernel, interpret=False) if tpu_supported(q.shape[-1], k.shape[2],
-                                                                          *_kv_dtypes(k, mem_k)) else fallback
-        grads = jax.lax.platform_dependent(*args, tpu=tpu, cpu=functools.partial(kernel, interpret=True),
-                                           default=fallback)
-    dq, dk, dv, dmk, dmv = grads
+    dq, dk, dv, dmk, dmv = _by_platform(args, functools.partial(_kernel_backward, causal=causal, scale=scale,
+                                                                blocks=blocks),
+                                        functools.partial(_blocked_backward, causal=causal, scale=scale), interpret)
     return dq, dk, dv, None, dmk, dmv, None, None
 
 
