@@ -73,13 +73,20 @@ class DecoderLayer(nnx.Module):
 
         Returns (x [B, T, D], k_pre_rope [B, T, KV, Dh], v [B, T, KV, Dh]).
         """
-        q, k, v = self.attn.qkv(self.input_norm(x), beacon_mask)
-        q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q_rot, k_rot, k, v = self.project(x, cos=cos, sin=sin, beacon_mask=beacon_mask)
         a = attend(q_rot, k_rot, v, valid=valid, causal=True, mem_k=mem_k, mem_v=mem_v, mem_len=mem_len,
                    mem_layer=mem_layer, backend=attention)
+        return self.finish(x, a), k, v
+
+    def project(self, x, *, cos, sin, beacon_mask=None):
+        """The attention inputs of x [B, T, D] -> (q_rot [B, T, H, Dh], k_rot, k_pre_rope [B, T, KV, Dh], v)."""
+        q, k, v = self.attn.qkv(self.input_norm(x), beacon_mask)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), k, v
+
+    def finish(self, x, a):
+        """The rest of the layer after attention: x [B, T, D], a [B, T, H, Dh] -> x [B, T, D]."""
         x = x + checkpoint_name(self.attn.o(a), "out_proj")
-        x = x + self.mlp(self.post_attn_norm(x))
-        return x, k, v
+        return x + self.mlp(self.post_attn_norm(x))
 
 
 class Qwen2LM(nnx.Module):
