@@ -12,12 +12,14 @@ import functools
 import time
 
 import jax
+import numpy as np
 from flax import nnx
 
 from vxl_jax import sharding as sh
 from vxl_jax.beacon.text import text_step
 from vxl_jax.beacon.windows import compress_windows
 from vxl_jax.decode import decode_chunk
+from vxl_jax.decode_window import cut, paste, window_size, window_step
 from vxl_jax.memory import KVMemory
 
 
@@ -26,6 +28,18 @@ def _text_chunk(graphdef, state, mem: KVMemory, ids, n, *, kind: str):
     model = nnx.merge(graphdef, state)
     hidden, mem = text_step(model, mem, model.lm.embed_tokens(ids, model.compute_dtype), n, kind=kind)
     return model.lm.logits(hidden), mem
+
+
+def _window_token(graphdef, state, win, ids, n, *, kind: str):
+    """The decode loop's text step over a :class:`~vxl_jax.decode_window.DecodeWindow` (one token per row)."""
+    assert kind == "text" and ids.shape[1] == 1, (kind, ids.shape)
+    return window_step(nnx.merge(graphdef, state), win, ids, n)
+
+
+def _decode_in_window(graphdef, state, mem: KVMemory, *args, window: int, chunk: int, **kw):
+    """:func:`decode_chunk` over a window of the memory's first ``window`` slots, written back at the end."""
+    out = decode_chunk(graphdef, state, cut(mem, window), *args, chunk=chunk, feed=_window_token, **kw)
+    return out[:3] + (paste(mem, out[3], chunk),) + out[4:]
 
 
 def _windows(graphdef, state, mem, windows, n_valid, ratio_idx, *, ratios, from_pixels, keep):
@@ -121,9 +135,16 @@ class Engine:
     def decode(self, mem: KVMemory, last, seen, key, stops, remaining, *, params, chunk: int,
                return_logits: bool = False):
         """Up to ``chunk`` tokens in one compiled loop (:func:`vxl_jax.decode.decode_chunk`); the memory
-        and the seen mask are donated. One compilation per memory capacity, chunk and sampling setting."""
-        return self._run("decode", decode_chunk, {"params": params, "chunk": chunk, "return_logits": return_logits,
-                                                  "feed": _text_chunk},
+        and the seen mask are donated. The tokens read and write a window of the memory's filled slots
+        (:mod:`vxl_jax.decode_window`), so the cost follows the filled length; the ``reference`` attention
+        backend runs the text step over the whole memory instead. One compilation per memory capacity,
+        window size (a multiple of ``WINDOW_STEP``), chunk and sampling setting."""
+        static = {"params": params, "chunk": chunk, "return_logits": return_logits}
+        if self.cfg.runtime.attention == "reference":
+            return self._run("decode", decode_chunk, {**static, "feed": _text_chunk},
+                             self.state, mem, last, seen, key, stops, remaining, donate=(1, 3))
+        window = window_size(int(np.max(np.asarray(mem.length))), chunk, mem.capacity)
+        return self._run("decode", _decode_in_window, {**static, "window": window},
                          self.state, mem, last, seen, key, stops, remaining, donate=(1, 3))
 
     def windows(self, mem, windows, n_valid, ratio_idx, *, ratios, from_pixels: bool, keep: bool = True):
