@@ -29,8 +29,18 @@ def host_loop(vx, ids, pixels, *, max_new, params, stops, seed=0):
     return np.asarray(out, np.int32), np.stack(step_logits), int(np.asarray(mem.length)[0])
 
 
+@pytest.fixture(params=[True, False], ids=["window", "memory"])
+def decode_window(request, vx):
+    """Both decoding paths: the window of the filled memory (the CPU default) and the text step over the
+    memory itself (TPU / GPU)."""
+    before = vx.engine.decode_window
+    vx.engine.decode_window = request.param
+    yield request.param
+    vx.engine.decode_window = before
+
+
 @pytest.mark.parametrize("penalty,max_new,chunk", [(1.0, 21, 8), (1.3, 21, 8), (1.3, 5, 16), (1.1, 12, 1)])
-def test_greedy_equals_host_loop(vx, prompt, penalty, max_new, chunk):
+def test_greedy_equals_host_loop(vx, prompt, decode_window, penalty, max_new, chunk):
     ids, pixels = prompt
     ref, ref_logits, ref_len = host_loop(vx, ids, pixels, max_new=max_new, stops=set(),
                                          params=SamplingParams(repetition_penalty=penalty))

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from vxl_jax.decode_window import WINDOW_STEP, cut, paste, window_size, window_step
-from vxl_jax.engine import _text_chunk
+from vxl_jax.engine import _text_chunk, decodes_in_window
 from vxl_jax.memory import KVMemory
 from vxl_jax.model import random_model
 
@@ -89,3 +89,11 @@ def test_window_size_follows_the_length_not_the_capacity():
     assert window_size(2894, 16, 10_000) == window_size(2894, 16, 4 * 10_000) == 12 * WINDOW_STEP
     assert window_size(2894, 16, 2990) == 2990  # never past the capacity
     assert window_size(WINDOW_STEP - 16, 16, 10_000) == WINDOW_STEP  # exactly full: no extra step
+
+
+def test_window_only_where_memory_slices_are_copied():
+    """The window is XLA:CPU's path; TPUs read the memory in place, and ``reference`` stays the plain path."""
+    assert decodes_in_window("cpu", "xla") and decodes_in_window("cpu", "pallas")
+    assert not decodes_in_window("cpu", "reference")
+    assert not decodes_in_window("tpu", "xla") and not decodes_in_window("tpu", "pallas")
+    assert not decodes_in_window("gpu", "xla")

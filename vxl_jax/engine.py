@@ -74,17 +74,31 @@ def _trim_host_heap() -> None:
         libc.malloc_trim(0)
 
 
+def decodes_in_window(platform: str, attention: str) -> bool:
+    """Whether decoding reads a :class:`~vxl_jax.decode_window.DecodeWindow` (the filled memory copied once
+    per call) rather than the memory itself. On CPU, yes: XLA:CPU copies every slice of the stacked memory
+    that feeds a matrix product, per token and layer. Elsewhere, no: on TPU the slices fuse into their
+    consumers (and the ``pallas`` kernel reads its tiles in place), so the window would only add a copy of
+    the memory; GPUs are not measured yet. The ``reference`` backend never does (it is the reference)."""
+    return platform == "cpu" and attention != "reference"
+
+
 class Engine:
     """Holds ``(graphdef, state)`` and a cache of compiled steps."""
 
-    def __init__(self, model, mesh=None, rules=sh.INFERENCE_PRESET):
+    def __init__(self, model, mesh=None, rules=sh.INFERENCE_PRESET, decode_window: bool | None = None):
         """``mesh``: a ``(data, fsdp, tensor)`` Mesh (see :func:`vxl_jax.sharding.inference_mesh`) or None
         (one device). With a mesh the parameters are placed by ``rules``, every step is traced under
         :class:`~vxl_jax.sharding.activation_sharding`, memories are kept on their memory shardings and
-        the other inputs / outputs are replicated."""
+        the other inputs / outputs are replicated. ``decode_window``: see :func:`decodes_in_window` (None:
+        decided by the platform and the attention backend)."""
         self.graphdef, self.state = nnx.split(model)
         self.cfg = model.cfg
         self.mesh, self.rules = mesh, rules
+        if decode_window is None:
+            platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+            decode_window = decodes_in_window(platform, self.cfg.runtime.attention)
+        self.decode_window = bool(decode_window)
         if mesh is not None:
             self.state = sh.shard_state(self.state, mesh, rules)
         self._compiled: dict = {}
@@ -135,12 +149,12 @@ class Engine:
     def decode(self, mem: KVMemory, last, seen, key, stops, remaining, *, params, chunk: int,
                return_logits: bool = False):
         """Up to ``chunk`` tokens in one compiled loop (:func:`vxl_jax.decode.decode_chunk`); the memory
-        and the seen mask are donated. The tokens read and write a window of the memory's filled slots
-        (:mod:`vxl_jax.decode_window`), so the cost follows the filled length; the ``reference`` attention
-        backend runs the text step over the whole memory instead. One compilation per memory capacity,
-        window size (a multiple of ``WINDOW_STEP``), chunk and sampling setting."""
+        and the seen mask are donated. With ``decode_window`` the tokens read and write a window of the
+        memory's filled slots (:mod:`vxl_jax.decode_window`; one compilation per window size, a multiple of
+        ``WINDOW_STEP``), else the text step over the memory. One compilation per memory capacity, chunk
+        and sampling setting."""
         static = {"params": params, "chunk": chunk, "return_logits": return_logits}
-        if self.cfg.runtime.attention == "reference":
+        if not self.decode_window:
             return self._run("decode", decode_chunk, {**static, "feed": _text_chunk},
                              self.state, mem, last, seen, key, stops, remaining, donate=(1, 3))
         window = window_size(int(np.max(np.asarray(mem.length))), chunk, mem.capacity)
