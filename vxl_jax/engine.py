@@ -77,9 +77,10 @@ def _trim_host_heap() -> None:
 def decodes_in_window(platform: str, attention: str) -> bool:
     """Whether decoding reads a :class:`~vxl_jax.decode_window.DecodeWindow` (the filled memory copied once
     per call) rather than the memory itself. On CPU, yes: XLA:CPU copies every slice of the stacked memory
-    that feeds a matrix product, per token and layer. Elsewhere, no: on TPU the slices fuse into their
-    consumers (and the ``pallas`` kernel reads its tiles in place), so the window would only add a copy of
-    the memory; GPUs are not measured yet. The ``reference`` backend never does (it is the reference)."""
+    that feeds a matrix product, per token and layer. Elsewhere, no: on TPU the ``pallas`` kernel reads
+    its memory tiles in place (and XLA fuses slices into their consumers), so a window would only add a
+    copy of the memory, and the memory is what decides how long a video fits a chip; GPUs are not
+    measured yet. The ``reference`` backend never does (it is the reference)."""
     return platform == "cpu" and attention != "reference"
 
 
