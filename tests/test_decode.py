@@ -47,7 +47,10 @@ def test_greedy_equals_host_loop(vx, prompt, decode_window, penalty, max_new, ch
     new, logits = vx.generate(ids, pixels, ratio=4, max_new_tokens=max_new, stop_ids=[], repetition_penalty=penalty,
                               do_sample=False, chunk=chunk, return_logits=True)
     np.testing.assert_array_equal(new, ref)
-    np.testing.assert_allclose(logits, ref_logits, atol=1e-5, rtol=0)
+    # the memory path runs the host loop's own text step; the window's attention sums in another order
+    # (max |diff| per step 2e-6 .. 1.1e-5 measured with jax 0.10 and 0.12, logits of magnitude 2 to 5;
+    # it does not grow over the 21 fed-back tokens)
+    np.testing.assert_allclose(logits, ref_logits, atol=2e-5 if decode_window else 1e-5, rtol=0)
     assert vx.stats["generated"] == max_new and vx.stats["kept_kv"] == ref_len  # the last token is not fed back
 
 
