@@ -75,6 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="frame rate of the --live stream; with --fps, every round(live_fps/fps)-th frame is kept")
     p.add_argument("--live-idle", type=float, default=1.0,
                    help="--live: seconds without new frames after which the video is taken as finished (default 1)")
+    p.add_argument("--live-buffer", type=int, default=256,
+                   help="--live: frames held while the model catches up (default 256); when the model falls behind, "
+                        "the stream is read at its pace instead of piling up in memory")
     p.add_argument("--ratio", default="8",
                    help="visual-token compression ratio, a positive integer that divides the beacon window (1440): "
                         "2, 4, 8, 12, 16, ... (default 8); or a comma-separated list (e.g. 2,8) for the original's "
@@ -139,6 +142,8 @@ def check_args(a: argparse.Namespace) -> None:
         if a.video or a.memory:
             raise UsageError("--live reads its frames from the --live stream: no --video or --memory")
         a.live_size = parse_size(a.live_size)
+        if a.live_buffer < 1:
+            raise UsageError(f"--live-buffer must be at least 1 frame, got {a.live_buffer}")
         if a.live_fps is not None and a.live_fps <= 0:
             raise UsageError(f"--live-fps must be positive, got {a.live_fps}")
     if a.frames is None:
@@ -600,14 +605,20 @@ def start_live_readers(a: argparse.Namespace) -> tuple[queue.Queue, queue.Queue]
 
     step = max(1, round(a.live_fps / a.fps)) if a.fps and a.live_fps else 1
     width, height = a.live_size
-    frames_q: queue.Queue = queue.Queue()
+    frames_q: queue.Queue = queue.Queue(maxsize=a.live_buffer)  # full: the reader waits (back-pressure)
     questions_q: queue.Queue = queue.Queue()
 
     def read_frames_thread():
+        behind = False
         try:
             for i, frame in enumerate(read_raw_frames(a.live, width, height, follow=a.live_idle)):
-                if i % step == 0:
-                    frames_q.put(frame)
+                if i % step:
+                    continue
+                if frames_q.full() and not behind:
+                    behind = True
+                    log(f"--live: {a.live_buffer} frames waiting for the model (--live-buffer); the stream is now "
+                        f"read at the model's pace")
+                frames_q.put(frame)
         except OSError as e:
             log(f"error: cannot read --live {a.live}: {e}")
         frames_q.put(None)

@@ -274,3 +274,36 @@ def test_live_answers_questions_from_stdin(work, expected_answer):
     assert r.stderr.count("[12 frames") == 2
     bad = infer("--live", "clip.rgb", "--live-size", "160", cwd=work)
     assert bad.returncode == 2 and "WIDTHxHEIGHT" in bad.stderr
+
+
+def test_live_reader_waits_when_the_model_falls_behind(work, tmp_path, monkeypatch, capsys):
+    """--live holds at most --live-buffer frames: past that the reader waits for the model (the stream is read
+    at the model's pace) instead of piling the frames up in memory; none is lost or reordered."""
+    import argparse
+    import io
+    import time
+
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    import infer as cli
+
+    frames = np.random.default_rng(0).integers(0, 256, (10, 4, 6, 3), dtype=np.uint8)
+    (tmp_path / "s.rgb").write_bytes(frames.tobytes())
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no questions
+    a = argparse.Namespace(live=str(tmp_path / "s.rgb"), live_size=(6, 4), live_fps=None, fps=None, live_idle=0.1,
+                           live_buffer=3, question=None)
+    frames_q, questions_q = cli.start_live_readers(a)
+    deadline = time.monotonic() + 10
+    while not frames_q.full() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # time enough to read all 10 frames if nothing held the reader back
+    assert frames_q.qsize() == 3
+    got = []
+    while (frame := frames_q.get(timeout=10)) is not None:
+        got.append(frame)
+    np.testing.assert_array_equal(np.stack(got), frames)
+    assert questions_q.get(timeout=10) is None
+    assert "--live: 3 frames waiting for the model" in capsys.readouterr().err
+    bad = infer("--live", "s.rgb", "--live-size", "6x4", "--live-buffer", 0, cwd=tmp_path)
+    assert bad.returncode == 2 and "--live-buffer must be at least 1" in bad.stderr
