@@ -54,8 +54,8 @@ def _load_rows(path) -> list:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise ValueError(f"{path}: reading parquet needs pyarrow (pip install pyarrow), or give the rows as "
-                             f"JSON / JSONL") from None
+            raise ValueError(f"{path}: reading parquet needs pyarrow (pip install 'vxl-jax[eval]'), or give the rows "
+                             f"as JSON / JSONL") from None
         return pq.read_table(path).to_pylist()
     with open(path, encoding="utf-8") as f:
         text = f.read()
