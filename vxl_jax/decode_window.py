@@ -23,15 +23,17 @@ import jax.numpy as jnp
 from vxl_jax.memory import KVMemory, write_rows
 from vxl_jax.model.rope import rope_tables
 from vxl_jax.model.scan import scan_layers
+from vxl_jax.results import round_up
 
 WINDOW_STEP = 256  # window sizes are multiples of this (or the memory's capacity): few compilations
+# a layer's memory [B, S, KV, Dh] as its window: keys [B, KV, Dh, S], values [B, KV, S, Dh]
+_KEY_ORDER, _VALUE_ORDER = (0, 2, 3, 1), (0, 2, 1, 3)
 
 
 def window_size(longest: int, tokens: int, capacity: int) -> int:
     """Slots a call needs for rows filled up to ``longest`` and ``tokens`` more, rounded up to
     ``WINDOW_STEP``; at most the capacity (a token past it is dropped, as the memory drops it)."""
-    need = longest + tokens
-    return min(capacity, -(-need // WINDOW_STEP) * WINDOW_STEP)
+    return min(capacity, round_up(longest + tokens, WINDOW_STEP))
 
 
 @flax.struct.dataclass
@@ -47,13 +49,12 @@ class DecodeWindow:
 
 def cut(mem: KVMemory, size: int) -> DecodeWindow:
     """The first ``size`` slots of every layer of ``mem`` (see :class:`DecodeWindow`), slots >= length zeroed."""
-    filled = (jnp.arange(size)[None, :] < mem.length[:, None])[:, None, :, None]  # [B, 1, S, 1]
+    filled = (jnp.arange(size)[None, :] < mem.length[:, None])[:, :, None, None]  # [B, S, 1, 1]
 
-    def layers(buf, keys):  # [L, B, M, KV, Dh] -> L x [B, KV, Dh, S] (keys) or [B, KV, S, Dh]
-        out = (jnp.where(filled, jnp.swapaxes(buf[i, :, :size], 1, 2), 0) for i in range(buf.shape[0]))
-        return tuple(jnp.swapaxes(x, 2, 3) if keys else x for x in out)
+    def layers(buf, order):  # [L, B, M, KV, Dh] -> L x [B, M, KV, Dh] cut to size, transposed to ``order``
+        return tuple(jnp.transpose(jnp.where(filled, buf[i, :, :size], 0), order) for i in range(buf.shape[0]))
 
-    return DecodeWindow(layers(mem.k, True), layers(mem.v, False), mem.length)
+    return DecodeWindow(layers(mem.k, _KEY_ORDER), layers(mem.v, _VALUE_ORDER), mem.length)
 
 
 def paste(mem: KVMemory, win: DecodeWindow, most: int) -> KVMemory:
@@ -63,14 +64,20 @@ def paste(mem: KVMemory, win: DecodeWindow, most: int) -> KVMemory:
     slots = mem.length[:, None] + t  # [B, most]
     count = win.length - mem.length
     target = jnp.where(t < count[:, None], slots, slots + mem.capacity)  # rows past count are dropped
-    at = jnp.minimum(slots, win.size - 1)[:, None, :, None]  # [B, 1, most, 1]
+    at = jnp.minimum(slots, win.size - 1)
 
-    def rows(bufs, keys):  # -> [L, B, most, KV, Dh]
-        vals = (jnp.swapaxes(b, 2, 3) if keys else b for b in bufs)
-        return jnp.stack([jnp.swapaxes(jnp.take_along_axis(b, at, axis=2), 1, 2) for b in vals])
+    def rows(bufs, order):  # only the new slots, gathered from each window, back to [L, B, most, KV, Dh]
+        axis = order.index(1)  # the window's slot axis
+        idx = at.reshape(at.shape[:1] + tuple(most if d == axis else 1 for d in range(1, 4)))
+        return jnp.stack([jnp.transpose(jnp.take_along_axis(b, idx, axis=axis), _inverse(order)) for b in bufs])
 
-    return mem.replace(k=write_rows(mem.k, rows(win.k, True), target), v=write_rows(mem.v, rows(win.v, False), target),
-                       length=win.length, n_text=mem.n_text + count)
+    return mem.replace(k=write_rows(mem.k, rows(win.k, _KEY_ORDER), target),
+                       v=write_rows(mem.v, rows(win.v, _VALUE_ORDER), target), length=win.length,
+                       n_text=mem.n_text + count)
+
+
+def _inverse(order):
+    return tuple(order.index(d) for d in range(len(order)))
 
 
 def _write_slot(buf, row, slot, write, axis: int):

@@ -155,12 +155,12 @@ class Engine:
         ``WINDOW_STEP``), else the text step over the memory. One compilation per memory capacity, chunk
         and sampling setting."""
         static = {"params": params, "chunk": chunk, "return_logits": return_logits}
-        if not self.decode_window:
-            return self._run("decode", decode_chunk, {**static, "feed": _text_chunk},
-                             self.state, mem, last, seen, key, stops, remaining, donate=(1, 3))
-        window = window_size(int(np.max(np.asarray(mem.length))), chunk, mem.capacity)
-        return self._run("decode", _decode_in_window, {**static, "window": window},
-                         self.state, mem, last, seen, key, stops, remaining, donate=(1, 3))
+        if self.decode_window:
+            fn, static["window"] = _decode_in_window, window_size(int(np.max(np.asarray(mem.length))), chunk,
+                                                                  mem.capacity)
+        else:
+            fn, static["feed"] = decode_chunk, _text_chunk
+        return self._run("decode", fn, static, self.state, mem, last, seen, key, stops, remaining, donate=(1, 3))
 
     def windows(self, mem, windows, n_valid, ratio_idx, *, ratios, from_pixels: bool, keep: bool = True):
         out = self._run("windows", _windows, {"ratios": tuple(ratios), "from_pixels": from_pixels, "keep": keep},
