@@ -16,7 +16,7 @@ Steps (configs/videoxl_7b.yaml, bf16 parameters):
 ``text``     the prompt text after the video (one ``_TEXT_BUCKET`` of tokens) over that memory;
 ``decode``   one on-device decoding chunk (``api.DECODE_CHUNK`` greedy tokens) over that memory.
 
-Inference runs on the ``inference`` rules of :mod:`vxl_jax.sharding` (what ``VideoXL.load(..., mesh=)``
+Inference runs on the ``inference`` rules of :mod:`vxl_jax.runtime.sharding` (what ``VideoXL.load(..., mesh=)``
 uses): the slice's 8 chips as ``fsdp=2 x tensor=4`` (28 query heads and 4 KV heads split 4 ways, MLP and
 vocabulary 8 ways; the KV memory over its KV heads). The memory is sized like ``VideoXL.generate`` sizes
 it: 14 prompt tokens before and 20 after the video, ``--max-new`` tokens of room.
@@ -129,7 +129,7 @@ def run_train(a, frames_list):
     from jax.experimental import topologies
 
     import train_memory as tm
-    from vxl_jax import sharding as sh
+    from vxl_jax.runtime import sharding as sh
     from vxl_jax.config import VideoXLConfig
     from vxl_jax.train.config import TrainConfig
 
@@ -158,7 +158,7 @@ def run_train(a, frames_list):
 
 def memory_slots(cfg, frames: int, ratio: int, max_new: int) -> int:
     """KV slots ``VideoXL.generate`` reserves for a prompt with ``frames`` frames at a fixed ratio."""
-    from vxl_jax import api
+    from vxl_jax.infer import api
 
     b = cfg.beacon
     windows = -(-frames * b.tokens_per_frame // b.window)
@@ -168,7 +168,7 @@ def memory_slots(cfg, frames: int, ratio: int, max_new: int) -> int:
 
 
 class InferenceSteps:
-    """The engine's inference steps (vxl_jax.engine) on a slice, traced exactly as ``Engine`` traces them
+    """The engine's inference steps (vxl_jax.infer.engine) on a slice, traced exactly as ``Engine`` traces them
     on a mesh (``Engine._traced``: under the activation rules, memory outputs pinned to their shardings)."""
 
     def __init__(self, cfg, topology: str, mesh_sizes: dict, rules="inference"):
@@ -176,7 +176,7 @@ class InferenceSteps:
         from flax import nnx
         from jax.experimental import topologies
 
-        from vxl_jax import sharding as sh
+        from vxl_jax.runtime import sharding as sh
         from vxl_jax.model import abstract_model
 
         self.cfg = cfg
@@ -196,8 +196,8 @@ class InferenceSteps:
     def memory(self, slots: int):
         import jax
 
-        from vxl_jax import sharding as sh
-        from vxl_jax.memory import KVMemory
+        from vxl_jax.runtime import sharding as sh
+        from vxl_jax.beacon.memory import KVMemory
         from vxl_jax.model.layers import dtype_of
 
         lm = self.cfg.lm
@@ -210,9 +210,9 @@ class InferenceSteps:
         import jax
         import jax.numpy as jnp
 
-        from vxl_jax import api, engine
-        from vxl_jax.decode import decode_chunk
-        from vxl_jax.sampling import SamplingParams
+        from vxl_jax.infer import api, engine
+        from vxl_jax.infer.decode import decode_chunk
+        from vxl_jax.infer.sampling import SamplingParams
 
         i32 = jnp.int32
         mem = self.memory(slots)
@@ -255,7 +255,7 @@ def largest_fitting(points, hbm: float):
 
 
 def run_infer(a, slices, steps, frames_list):
-    from vxl_jax import sharding as sh
+    from vxl_jax.runtime import sharding as sh
     from vxl_jax.config import VideoXLConfig
 
     cfg = VideoXLConfig.from_yaml(a.config)

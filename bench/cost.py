@@ -20,7 +20,7 @@ Also, in the same subprocesses:
   frames.
 * capacity independence (``--capacity-frames``, default 40): prefill with ``extra_slots`` making
   the memory buffer 4x its normal capacity, and a 32-token decode from the video memory grown 4x
-  (``vxl_jax.api.ensure_capacity``), vs the normal runs (alternated, best of ``--repeats``).
+  (``vxl_jax.infer.api.ensure_capacity``), vs the normal runs (alternated, best of ``--repeats``).
   Goal: within 10 %.
 
 Goals (issue 8): <= 12 yardsticks at 160 frames, <= 30 at 320; peak RSS growth <= 0.5 MiB/frame.
@@ -130,7 +130,7 @@ def worker_vxl(frames: int, decode: bool, capacity: bool, repeats: int, new_toke
     t_import = time.perf_counter()
     import jax
 
-    from vxl_jax.api import VideoXL
+    from vxl_jax.infer.api import VideoXL
     from vxl_jax.model import random_model
 
     cfg = small_config()
@@ -191,7 +191,7 @@ def worker_vxl(frames: int, decode: bool, capacity: bool, repeats: int, new_toke
 
     if capacity:
         try:
-            from vxl_jax.api import ensure_capacity
+            from vxl_jax.infer.api import ensure_capacity
 
             extra = 3 * cap
             vx.prefill(ids, px, ratio=RATIO, extra_slots=extra)  # compile the 4x buffer

@@ -40,7 +40,7 @@ from flax import nnx
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
-from vxl_jax.api import VideoXL  # noqa: E402
+from vxl_jax.infer.api import VideoXL  # noqa: E402
 from vxl_jax.config import VideoXLConfig  # noqa: E402
 from vxl_jax.model import abstract_model  # noqa: E402
 

@@ -97,7 +97,7 @@ def main(argv=None):
                    help="random init std (0.02 lets the tiny model collapse onto the colour prior)")
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
-    from vxl_jax.checkpoint import load_converted
+    from vxl_jax.convert.folder import load_converted
     from vxl_jax.data.pipeline import SampleSpec
     from vxl_jax.data.records import load_records
     from vxl_jax.train.loop import run

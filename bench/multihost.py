@@ -125,10 +125,10 @@ def bench_train(tmp: str, cache: str, timeout: float) -> tuple[list[tuple], bool
 PREFILL_SCRIPT = """
 import sys
 import numpy as np
-from vxl_jax.distributed import maybe_initialize
+from vxl_jax.runtime.distributed import maybe_initialize
 maybe_initialize()
 import jax
-from vxl_jax.demo import default_model
+from vxl_jax.infer.demo import default_model
 rng = np.random.default_rng(0)
 ids = np.concatenate([rng.integers(3, 500, 6), [-200], rng.integers(3, 500, 5)])
 px = rng.normal(size=(3, 3, 336, 336)).astype(np.float32)

@@ -137,7 +137,7 @@ def run_grid(vx, items, videos, out, keep_memory: bool) -> tuple[dict, float]:
 
 
 def evaluate(work, export, a, train_summary):
-    from vxl_jax.api import VideoXL
+    from vxl_jax.infer.api import VideoXL
     from vxl_jax.eval.__main__ import write_niah_report
     from vxl_jax.eval.heatmap import draw_heatmap, grid_table, niah_grid
     from vxl_jax.eval.niah import colour_needles, make_niah

@@ -22,7 +22,7 @@ from jax.experimental import topologies
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vxl_jax import sharding as sh
+from vxl_jax.runtime import sharding as sh
 from vxl_jax.model.pallas_attention import pallas_attention
 
 H, KV, D, LAYERS = 28, 4, 128, 28

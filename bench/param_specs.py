@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
 
-    from vxl_jax import sharding as sh
+    from vxl_jax.runtime import sharding as sh
     from vxl_jax.config import VideoXLConfig
     from vxl_jax.model import abstract_model
 

@@ -29,10 +29,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from vxl_jax.api import VideoXL  # noqa: E402
+from vxl_jax.infer.api import VideoXL  # noqa: E402
 from vxl_jax.config import VideoXLConfig  # noqa: E402
-from vxl_jax.engine import _text_chunk, _windows  # noqa: E402
-from vxl_jax.memory import KVMemory  # noqa: E402
+from vxl_jax.infer.engine import _text_chunk, _windows  # noqa: E402
+from vxl_jax.beacon.memory import KVMemory  # noqa: E402
 from vxl_jax.model import abstract_model, random_model  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")

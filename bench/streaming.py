@@ -47,10 +47,10 @@ def main(argv=None) -> None:
     p.add_argument("--video", default=None, help="use this video instead of generating one")
     a = p.parse_args(argv)
 
-    from vxl_jax.demo import default_model
-    from vxl_jax.prompt import DEFAULT_SYSTEM, chat_prompt, suffix_ids, tokenizer_image_token
-    from vxl_jax.api import split_prompt
-    from vxl_jax.video import TimedReader, VideoStream, write_sample_video
+    from vxl_jax.infer.demo import default_model
+    from vxl_jax.text.prompt import DEFAULT_SYSTEM, chat_prompt, suffix_ids, tokenizer_image_token
+    from vxl_jax.infer.api import split_prompt
+    from vxl_jax.media.video import TimedReader, VideoStream, write_sample_video
 
     w, h = (int(x) for x in a.size.split("x"))
     frames_total = a.minutes * 60

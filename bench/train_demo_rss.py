@@ -126,7 +126,7 @@ def part_phases(config: str, overrides: list[str]):
     import jax
     import numpy as np
 
-    from vxl_jax import sharding as sh
+    from vxl_jax.runtime import sharding as sh
     from vxl_jax.train import loop
     from vxl_jax.train import step as st
     from vxl_jax.train.config import load_run_config

@@ -205,7 +205,7 @@ def run_cpu(a):
     import jax
     import jax.numpy as jnp
 
-    from vxl_jax import sharding as sh
+    from vxl_jax.runtime import sharding as sh
     from vxl_jax.config import VideoXLConfig, load_yaml_sections
     from vxl_jax.train.config import from_sections
 
@@ -263,7 +263,7 @@ def run_tpu(a):
     import jax
     from jax.experimental import topologies
 
-    from vxl_jax import sharding as sh
+    from vxl_jax.runtime import sharding as sh
     from vxl_jax.config import VideoXLConfig
     from vxl_jax.train.config import TrainConfig
 

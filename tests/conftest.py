@@ -50,7 +50,7 @@ def tiny_cfg():
 @pytest.fixture(scope="module")
 def vx(tiny_cfg):
     """A tiny random VideoXL (fresh per test module: its ratio RNG and compile cache are not shared)."""
-    from vxl_jax.api import VideoXL
+    from vxl_jax.infer.api import VideoXL
     from vxl_jax.model import random_model
 
     return VideoXL(tiny_cfg, random_model(tiny_cfg, seed=11, std=0.2))

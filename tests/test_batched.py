@@ -1,4 +1,4 @@
-"""Batched answering (vxl_jax/batched.py): B prompts in one batched call equal B single calls (greedy ids
+"""Batched answering (vxl_jax/infer/batched.py): B prompts in one batched call equal B single calls (greedy ids
 identical, step logits <= 1e-5): different videos of different lengths (and a text-only prompt), many
 questions over one video memory, saved memories, rows stopping at different steps, sampling seeds."""
 

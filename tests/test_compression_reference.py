@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from compression_reference import build_layout, run
-from vxl_jax.api import VideoXL
+from vxl_jax.infer.api import VideoXL
 from vxl_jax.model import random_model
 
 

@@ -39,7 +39,7 @@ def _params(folder):
     """Every converted parameter as numpy, by path (read back through Orbax)."""
     from flax import nnx
 
-    from vxl_jax.checkpoint import load_converted
+    from vxl_jax.convert.folder import load_converted
     from vxl_jax.convert.names import flatten
 
     _, model, _, _ = load_converted(folder)
@@ -51,7 +51,7 @@ def _no_leftovers(parent):
 
 
 def test_converted_logits_equal_torch(released, torch_models):
-    from vxl_jax.api import VideoXL
+    from vxl_jax.infer.api import VideoXL
 
     src, dst, tensors, summary = released
     qwen, clip = torch_models
@@ -131,7 +131,7 @@ def test_bfloat16_source_and_init_beacon(torch_models, tmp_path):
     out = str(tmp_path / "init")
     summary = convert(src, out, init_beacon=True, progress=False)
     assert summary["dtype"] == "bfloat16" and summary["init_beacon"]
-    from vxl_jax.checkpoint import load_converted
+    from vxl_jax.convert.folder import load_converted
 
     cfg, model, _, _ = load_converted(out, dtype="bfloat16")
     attn = model.lm.layers.attn
@@ -235,7 +235,7 @@ def test_cli_subprocess_and_exit_codes(released, tmp_path):
 
 
 def test_load_raw_folder_is_a_clear_error(released):
-    from vxl_jax.api import VideoXL
+    from vxl_jax.infer.api import VideoXL
 
     with pytest.raises(ConversionError, match="convert_weights.py"):
         VideoXL.load(released[0])
@@ -273,8 +273,8 @@ def test_cli_relative_paths_and_unexpected_errors_are_one_line(tmp_path):
     """--to-torch with relative --src/--dst on a training export (an OCDBT Orbax checkpoint, which Orbax only
     reads from an absolute path: the CLI resolves them); a failure outside the converter's own checks is still
     one line and exit 2, never a traceback."""
-    from vxl_jax.checkpoint import save_converted
-    from vxl_jax.demo import default_model
+    from vxl_jax.convert.folder import save_converted
+    from vxl_jax.infer.demo import default_model
 
     work = tmp_path / "cwd"
     vx = default_model()

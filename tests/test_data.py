@@ -12,9 +12,9 @@ from vxl_jax.data.conversation import IGNORE_INDEX, RecordError, tokenize_conver
 from vxl_jax.data.frames import load_training_video, training_frame_indices
 from vxl_jax.data.pipeline import SampleSpec, TrainLoader
 from vxl_jax.data.records import load_records
-from vxl_jax.preprocess import normalize_frames, preprocess_frames, resize_crop_frames
-from vxl_jax.tokenizer import build_tiny_tokenizer
-from vxl_jax.video import VideoError, read_counter, write_sample_video
+from vxl_jax.media.preprocess import normalize_frames, preprocess_frames, resize_crop_frames
+from vxl_jax.text.tokenizer import build_tiny_tokenizer
+from vxl_jax.media.video import VideoError, read_counter, write_sample_video
 
 X = IGNORE_INDEX
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vxl_jax.sampling import (SamplingParams, apply_repetition_penalty, choose, choose_jax, repetition_penalty_jax,
+from vxl_jax.infer.sampling import (SamplingParams, apply_repetition_penalty, choose, choose_jax, repetition_penalty_jax,
                               seen_mask, warp, warp_jax)
 
 
@@ -157,8 +157,8 @@ def test_cli_stream_writes_the_final_answer(tiny_cfg):
     """infer.py's AnswerStream: chunks written as they arrive add up to exactly decode(ids).strip() + newline."""
     import io
 
-    import infer
-    from vxl_jax.tokenizer import build_tiny_tokenizer
+    from vxl_jax.cli import infer
+    from vxl_jax.text.tokenizer import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     rng = np.random.default_rng(5)

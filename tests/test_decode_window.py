@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vxl_jax.decode_window import WINDOW_STEP, cut, paste, window_size, window_step
-from vxl_jax.engine import _text_chunk, decodes_in_window
-from vxl_jax.memory import KVMemory
+from vxl_jax.infer.decode_window import WINDOW_STEP, cut, paste, window_size, window_step
+from vxl_jax.infer.engine import _text_chunk, decodes_in_window
+from vxl_jax.beacon.memory import KVMemory
 from vxl_jax.model import random_model
 
 

@@ -46,7 +46,7 @@ def test_prompt_styles_follow_the_reference_evaluations():
 
 
 def test_letter_tokens_are_single_and_distinct():
-    from vxl_jax.tokenizer import build_tiny_tokenizer
+    from vxl_jax.text.tokenizer import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     ids = letter_token_ids(tok, 5)

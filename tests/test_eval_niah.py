@@ -10,7 +10,7 @@ from vxl_jax.eval.heatmap import draw_heatmap, grid_table, niah_grid
 from vxl_jax.eval.niah import (COLOUR_OPTIONS, Needle, colour_needles, insert_needle, load_needles, make_niah,
                                needle_start)
 from vxl_jax.eval.readers import read_niah
-from vxl_jax.video import load_video
+from vxl_jax.media.video import load_video
 
 
 def _colour_of(frame):
@@ -55,7 +55,7 @@ def test_generated_videos_have_the_needle_at_the_requested_frames(tmp_path):
 def test_image_needle_in_a_real_haystack_video(tmp_path):
     from PIL import Image
 
-    from vxl_jax.video import read_counter, write_sample_video
+    from vxl_jax.media.video import read_counter, write_sample_video
 
     hay = write_sample_video(tmp_path / "hay.mp4", num_frames=60, size=(96, 64), codec="libx264")
     Image.fromarray(np.full((30, 40, 3), (30, 200, 40), np.uint8)).save(tmp_path / "needle.png")

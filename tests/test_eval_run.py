@@ -18,11 +18,11 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 50, 220)}
 def small_vx():
     """A random micro model (configs/train_tiny.yaml: 56 px frames, 4 tokens per frame, 10 frames per window)
     with the tiny tokenizer: fast enough to run a whole benchmark in a test."""
-    from vxl_jax.api import VideoXL
+    from vxl_jax.infer.api import VideoXL
     from vxl_jax.config import VideoXLConfig
-    from vxl_jax.demo import GENERATION_DEFAULTS
+    from vxl_jax.infer.demo import GENERATION_DEFAULTS
     from vxl_jax.model import random_model
-    from vxl_jax.tokenizer import build_tiny_tokenizer
+    from vxl_jax.text.tokenizer import build_tiny_tokenizer
 
     from conftest import ROOT
 
@@ -165,12 +165,12 @@ def test_resume_after_interruption_gives_the_same_results(small_vx, mlvu_set, tm
 def test_cli_niah_end_to_end(small_vx, tmp_path, monkeypatch, capsys):
     """niah generator CLI -> eval CLI (embedded model replaced by the micro model) -> results, summary, heatmap;
     a rerun appends nothing; bad input is exit 2 with a one-line error."""
-    import vxl_jax.demo
+    import vxl_jax.infer.demo
     import vxl_jax.eval.__main__ as cli
     from vxl_jax.eval.niah import main as niah_main
 
     assert niah_main(["--out", str(tmp_path / "niah"), "--lengths", "4,6", "--depths", "0,100"]) == 0
-    for module in (vxl_jax.demo, cli):  # wherever the CLI looks the embedded model up
+    for module in (vxl_jax.infer.demo, cli):  # wherever the CLI looks the embedded model up
         monkeypatch.setattr(module, "default_model", lambda dtype="float32": small_vx, raising=False)
     common = ["--benchmark", "niah", "--annotations", str(tmp_path / "niah" / "niah.json"), "--videos",
               str(tmp_path / "niah" / "videos"), "--quiet", "--max-new-tokens", "3"]

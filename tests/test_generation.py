@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from vxl_jax.api import VideoXL
+from vxl_jax.infer.api import VideoXL
 from vxl_jax.model import random_model
-from vxl_jax.sampling import SamplingParams, choose
+from vxl_jax.infer.sampling import SamplingParams, choose
 
 
 def test_cached_decoding_equals_recompute(vx, prompt):
@@ -107,7 +107,7 @@ def test_video_memory_shares_the_prompt_memory_and_survives_generation(vx, promp
 
 def test_memory_from_another_model_of_the_same_shape_is_refused(vx, prompt, tmp_path, tiny_cfg):
     """Same geometry, other weights: the fingerprint in the file's metadata tells them apart."""
-    from vxl_jax.memory_io import MemoryMismatchError
+    from vxl_jax.infer.memory_file import MemoryMismatchError
 
     ids, pixels = prompt
     path = tmp_path / "m.mem"

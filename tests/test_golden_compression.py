@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from vxl_jax.api import VideoXL
+from vxl_jax.infer.api import VideoXL
 from vxl_jax.convert.convert import convert
-from vxl_jax.memory import rotate_at
+from vxl_jax.beacon.memory import rotate_at
 
 
 @pytest.fixture(scope="module")

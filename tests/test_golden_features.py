@@ -11,7 +11,7 @@ from vxl_jax.convert import convert
 
 @pytest.fixture(scope="module")
 def golden(golden_dir, tmp_path_factory):
-    from vxl_jax.api import VideoXL
+    from vxl_jax.infer.api import VideoXL
 
     out = str(tmp_path_factory.mktemp("golden") / "tiny_videoxl")
     summary = convert(str(golden_dir / "tiny_videoxl"), out, progress=False)

@@ -17,7 +17,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "vxl_jax"
 # (importing module, imported module) -> why the import stays inside a function. Every entry must still be
 # needed (test_allow_list_is_current).
 LOCAL_IMPORTS_ALLOWED = {
-    ("vxl_jax.api", "vxl_jax.checkpoint"): "import time: the converter stack (orbax, tensorstore, transformers) "
+    ("vxl_jax.infer.api", "vxl_jax.convert.folder"): "import time: the converter stack (orbax, tensorstore, transformers) "
                                            "is loaded by VideoXL.load only, not by `import vxl_jax`",
 }
 

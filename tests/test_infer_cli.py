@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vxl_jax.video import write_sample_video
+from vxl_jax.media.video import write_sample_video
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUESTION = "What is in the video?"
@@ -35,10 +35,10 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def expected_answer(work):
     """The answer computed in-process through the API (12 frames, ratio 8, 4 greedy tokens)."""
-    from vxl_jax.demo import default_model
-    from vxl_jax.preprocess import preprocess_frames
-    from vxl_jax.prompt import question_ids
-    from vxl_jax.video import load_video
+    from vxl_jax.infer.demo import default_model
+    from vxl_jax.media.preprocess import preprocess_frames
+    from vxl_jax.text.prompt import question_ids
+    from vxl_jax.media.video import load_video
 
     vx = default_model()
     frames, _ = load_video(work / "clip.mp4", 12)
@@ -74,8 +74,8 @@ def test_answer_from_saved_memory(first_run, expected_answer, work):
 
 def test_converted_model_folder(first_run, expected_answer, work):
     """--model DIR: the embedded model saved as a converted folder (with its tokenizer) gives the same answer."""
-    from vxl_jax.checkpoint import save_converted
-    from vxl_jax.demo import GENERATION_DEFAULTS, default_model
+    from vxl_jax.convert.folder import save_converted
+    from vxl_jax.infer.demo import GENERATION_DEFAULTS, default_model
 
     vx = default_model()
     save_converted(work / "tiny_ckpt", vx.model, vx.tokenizer, GENERATION_DEFAULTS)
@@ -146,7 +146,7 @@ def test_bad_input_is_one_line_and_exit_2(work, args, message):
 
 def test_sampling_flags_map_to_generate_keywords():
     sys.path.insert(0, str(ROOT))
-    import infer as cli
+    from vxl_jax.cli import infer as cli
 
     kw = cli.sampling_kwargs(cli.parse_args(["--question", "q", "--greedy"]))
     assert kw["do_sample"] is False
@@ -187,10 +187,10 @@ def test_stats_name_each_stage(first_run):
 
 def test_ratio_list_is_step_random_mode(work):
     """--ratio 2,8: the library's step-random mode (a ratio drawn per window), same answer as the API."""
-    from vxl_jax.demo import default_model
-    from vxl_jax.preprocess import preprocess_frames
-    from vxl_jax.prompt import question_ids
-    from vxl_jax.video import load_video
+    from vxl_jax.infer.demo import default_model
+    from vxl_jax.media.preprocess import preprocess_frames
+    from vxl_jax.text.prompt import question_ids
+    from vxl_jax.media.video import load_video
 
     vx = default_model()
     frames, _ = load_video(work / "clip.mp4", 12)
@@ -205,8 +205,8 @@ def test_ratio_list_is_step_random_mode(work):
 def _converted(work, name, seed=0, swap_logits=None):
     """The embedded model (``seed``: its random init) saved as a converted folder; ``swap_logits=(a, b)`` swaps
     two lm_head columns (the model then says b where it said a)."""
-    from vxl_jax.checkpoint import save_converted
-    from vxl_jax.demo import GENERATION_DEFAULTS, default_model
+    from vxl_jax.convert.folder import save_converted
+    from vxl_jax.infer.demo import GENERATION_DEFAULTS, default_model
 
     if not (work / name).exists():
         vx = default_model(seed=seed)
@@ -261,7 +261,7 @@ def test_fps_streams_the_video(work, expected_answer):
 
 def test_live_answers_questions_from_stdin(work, expected_answer):
     """--live: raw RGB24 frames from a file, questions on stdin, one answer per question on stdout."""
-    from vxl_jax.video import load_video
+    from vxl_jax.media.video import load_video
 
     frames, _ = load_video(work / "clip.mp4", 12)
     (work / "clip.rgb").write_bytes(frames.tobytes())
@@ -286,7 +286,7 @@ def test_live_reader_waits_when_the_model_falls_behind(work, tmp_path, monkeypat
     import numpy as np
 
     monkeypatch.syspath_prepend(str(ROOT))
-    import infer as cli
+    from vxl_jax.cli import infer as cli
 
     frames = np.random.default_rng(0).integers(0, 256, (10, 4, 6, 3), dtype=np.uint8)
     (tmp_path / "s.rgb").write_bytes(frames.tobytes())

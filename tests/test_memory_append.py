@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vxl_jax.memory import KVMemory, append, rotate_at
+from vxl_jax.beacon.memory import KVMemory, append, rotate_at
 
 
 def _reference(buf, rows, length, count):

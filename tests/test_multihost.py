@@ -84,8 +84,8 @@ def test_sampler_is_a_permutation_of_each_global_batch():
 
 def test_batch_rows_per_process_are_checked():
     """The rows a process must load are those its devices hold; a mismatch is a clear error, not a shape error."""
-    from vxl_jax import sharding as sh
-    from vxl_jax.distributed import check_process_batch, process_rows
+    from vxl_jax.runtime import sharding as sh
+    from vxl_jax.runtime.distributed import check_process_batch, process_rows
     from vxl_jax.train.step import batch_shardings
 
     mesh = sh.make_mesh((2, 2, 2))

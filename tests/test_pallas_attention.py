@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax import export
 
-from vxl_jax import sharding as sh
+from vxl_jax.runtime import sharding as sh
 from vxl_jax.config import ConfigError
 from vxl_jax.model import attention, random_model
 from vxl_jax.model.pallas_attention import pallas_attention, tpu_supported
@@ -210,7 +210,7 @@ def test_cudnn_float32_config_is_refused(tiny_cfg):
 def test_model_with_pallas_equals_xla(tiny_cfg):
     """Two 1440-token windows (ratio 16) over the prompt's memory, then greedy decoding: logits,
     memory and ids with ``attention: pallas`` equal ``xla``."""
-    from vxl_jax.api import VideoXL
+    from vxl_jax.infer.api import VideoXL
 
     rng = np.random.default_rng(8)
     ids = np.concatenate([rng.integers(3, 500, 6), [-200], rng.integers(3, 500, 5)]).astype(np.int32)
@@ -236,7 +236,7 @@ def test_golden_video_case_with_pallas(golden_dir, tmp_path):
     LM, interpret mode): post-video logits <= 1e-4 and the greedy ids exact."""
     from safetensors.numpy import load_file
 
-    from vxl_jax.api import VideoXL
+    from vxl_jax.infer.api import VideoXL
     from vxl_jax.config import RuntimeConfig
     from vxl_jax.convert.convert import convert
     from vxl_jax.convert.folder import load_converted

@@ -13,7 +13,7 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repea
 
 from tests.torch_ref import released_tensors, tiny_clip, tiny_qwen2, videoxl_config_for
 from vxl_jax.convert.names import load_torch_into
-from vxl_jax.memory import KVMemory, append
+from vxl_jax.beacon.memory import KVMemory, append
 from vxl_jax.model.videoxl import random_model
 
 PREFIX, CHUNK, RATIO = 7, 40, 3

@@ -8,7 +8,7 @@ import torch
 
 from tests.torch_ref import released_tensors, tiny_clip, tiny_qwen2, videoxl_config_for
 from vxl_jax.convert.names import load_torch_into
-from vxl_jax.memory import KVMemory, append
+from vxl_jax.beacon.memory import KVMemory, append
 from vxl_jax.model.videoxl import random_model
 
 T_FULL, T_PREFILL, T_STEPS = 520, 300, 20

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vxl_jax.preprocess import (CLIP_MEAN, CLIP_STD, normalize_frames, preprocess_frames, resize_crop_frames,
+from vxl_jax.media.preprocess import (CLIP_MEAN, CLIP_STD, normalize_frames, preprocess_frames, resize_crop_frames,
                                 resize_shortest_edge)
 
 SETTINGS = dict(
@@ -50,7 +50,7 @@ def test_matches_clip_image_processor(hf_processor, hw):
 
 
 def test_matches_on_decoded_video_frames(hf_processor, tmp_path):
-    from vxl_jax.video import load_video, write_sample_video
+    from vxl_jax.media.video import load_video, write_sample_video
 
     path = write_sample_video(tmp_path / "s.mp4", num_frames=10, size=(320, 240))
     frames, _ = load_video(path, 4)

@@ -6,7 +6,7 @@ import torch
 from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
                                                     TopKLogitsWarper, TopPLogitsWarper)
 
-from vxl_jax.sampling import SamplingParams, apply_repetition_penalty, choose, warp
+from vxl_jax.infer.sampling import SamplingParams, apply_repetition_penalty, choose, warp
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 20, 0.8), (1.3, 0, 0.5), (1.0, 5, 1.0)])

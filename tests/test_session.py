@@ -1,4 +1,4 @@
-"""Incremental ingestion (vxl_jax/session.py): frames added in any chunking give the memory and logits of one
+"""Incremental ingestion (vxl_jax/infer/session.py): frames added in any chunking give the memory and logits of one
 prefill; asking does not change the session; step-random ratios follow the windows, not the chunks; a saved
 session continues exactly; golden cases through a session."""
 
@@ -146,7 +146,7 @@ def test_golden_video_cases_through_a_session(golden_dir, tmp_path_factory):
     """The original's golden outputs (a partial last window) reached by adding the frames in chunks."""
     from safetensors.numpy import load_file
 
-    from vxl_jax.api import VideoXL, split_prompt
+    from vxl_jax.infer.api import VideoXL, split_prompt
     from vxl_jax.convert.convert import convert
 
     out = tmp_path_factory.mktemp("golden_session") / "converted"

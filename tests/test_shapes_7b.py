@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from vxl_jax.config import VideoXLConfig
 from vxl_jax.model import abstract_model
-from vxl_jax.sharding import iter_params
+from vxl_jax.runtime.sharding import iter_params
 
 CFG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "videoxl_7b.yaml"
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from vxl_jax import sharding as sh
-from vxl_jax.api import VideoXL
-from vxl_jax.demo import default_model
-from vxl_jax.memory import KVMemory
+from vxl_jax.runtime import sharding as sh
+from vxl_jax.infer.api import VideoXL
+from vxl_jax.infer.demo import default_model
+from vxl_jax.beacon.memory import KVMemory
 from vxl_jax.model import random_model
 
 MESHES = [{"tensor": 2}, {"tensor": 4}, {"data": 2, "tensor": 2}]
@@ -229,9 +229,9 @@ def test_infer_cli_mesh(tmp_path):
     import subprocess
     import sys
 
-    from vxl_jax.preprocess import preprocess_frames
-    from vxl_jax.prompt import question_ids
-    from vxl_jax.video import load_video, write_sample_video
+    from vxl_jax.media.preprocess import preprocess_frames
+    from vxl_jax.text.prompt import question_ids
+    from vxl_jax.media.video import load_video, write_sample_video
 
     root = pathlib.Path(__file__).resolve().parents[1]
     write_sample_video(tmp_path / "clip.mp4", num_frames=12, size=(160, 96))

@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from vxl_jax import sharding as sh
-from vxl_jax.memory import KVMemory
+from vxl_jax.runtime import sharding as sh
+from vxl_jax.beacon.memory import KVMemory
 from vxl_jax.model import abstract_model, random_model
 
 B, T, M, F = 8, 12, 10, 2  # batch, chunk length, memory slots, frames

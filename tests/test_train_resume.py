@@ -44,7 +44,7 @@ def metrics(workdir):
 def params(export):
     from flax import nnx
 
-    from vxl_jax.checkpoint import load_converted
+    from vxl_jax.convert.folder import load_converted
 
     return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(load_converted(export)[1], nnx.Param)))
 
@@ -106,7 +106,7 @@ def test_sigterm_checkpoints_and_stops(straight, env):
 
 def test_restore_onto_another_mesh(straight):
     """The step-N checkpoint (saved on fsdp=4 x tensor=2) restores onto fsdp=8 and onto one device."""
-    from vxl_jax import sharding as sh
+    from vxl_jax.runtime import sharding as sh
     from vxl_jax.config import VideoXLConfig
     from vxl_jax.model import random_model
     from vxl_jax.train import optim

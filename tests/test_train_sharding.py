@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vxl_jax import sharding as sh
+from vxl_jax.runtime import sharding as sh
 from vxl_jax.config import VideoXLConfig
 from vxl_jax.model import random_model
 from vxl_jax.train import optim

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vxl_jax.preprocess import preprocess_frames, resize_crop_frames
+from vxl_jax.media.preprocess import preprocess_frames, resize_crop_frames
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from vxl_jax.video import (VideoError, draw_counter, load_video, read_counter, sample_indices, write_sample_video)
+from vxl_jax.media.video import (VideoError, draw_counter, load_video, read_counter, sample_indices, write_sample_video)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_load_video_returns_the_linspace_frames(h264_video, num_frames):
 
 def test_load_video_resized_in_batches(h264_video):
     """``size``: decoded a few frames at a time and resized as they come; equals resizing the full decode."""
-    from vxl_jax.preprocess import resize_crop_frames
+    from vxl_jax.media.preprocess import resize_crop_frames
 
     full, info = load_video(h264_video, 12)
     small, small_info = load_video(h264_video, 12, size=64, batch=5)
@@ -140,7 +140,7 @@ def test_sample_video_arguments(tmp_path):
 
 @pytest.mark.parametrize("num_frames,batch", [(12, 5), (97, 16), (30, 30)])
 def test_stream_uniform_equals_whole_file_reader(h264_video, num_frames, batch):
-    from vxl_jax.video import VideoStream
+    from vxl_jax.media.video import VideoStream
 
     whole, info = load_video(h264_video, num_frames)
     stream = VideoStream(h264_video, num_frames=num_frames, batch=batch)
@@ -155,7 +155,7 @@ def test_stream_uniform_equals_whole_file_reader(h264_video, num_frames, batch):
 def test_stream_fps_equals_whole_file_fps_sampling(h264_video, fps):
     """Fixed fps: every round(24 / fps)-th frame, as the whole-file (training) reader samples at that rate."""
     from vxl_jax.data.frames import load_training_video
-    from vxl_jax.video import VideoStream, fps_indices
+    from vxl_jax.media.video import VideoStream, fps_indices
 
     whole, idx = load_training_video(h264_video, frames_upbound=10**6, video_fps=fps)
     np.testing.assert_array_equal(fps_indices(97, 24.0, fps), idx)
@@ -163,13 +163,13 @@ def test_stream_fps_equals_whole_file_fps_sampling(h264_video, fps):
     stream = VideoStream(h264_video, fps=fps, size=64, batch=7)
     assert stream.indices.tolist() == idx.tolist() and stream.info["num_frames"] == len(idx)
     frames = np.concatenate(list(stream))
-    from vxl_jax.preprocess import resize_crop_frames
+    from vxl_jax.media.preprocess import resize_crop_frames
 
     np.testing.assert_array_equal(frames, resize_crop_frames(whole, 64))
 
 
 def test_frame_iterators_and_raw_pipes(tmp_path):
-    from vxl_jax.video import VideoError, VideoStream, iter_frame_chunks, read_raw_frames
+    from vxl_jax.media.video import VideoError, VideoStream, iter_frame_chunks, read_raw_frames
 
     frames = np.random.default_rng(0).integers(0, 256, (11, 6, 8, 3), dtype=np.uint8)
     chunks = list(iter_frame_chunks(iter(frames), batch=4))

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vxl_jax.beacon.windows import encode_window, pick_branch, window_step
-from vxl_jax.memory import KVMemory
-from vxl_jax.sharding import constrain_memory, constrain_params
+from vxl_jax.beacon.memory import KVMemory
+from vxl_jax.runtime.sharding import constrain_memory, constrain_params
 
 _COUNTERS = ("length", "n_prefix", "n_beacons", "n_text")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from vxl_jax.memory import KVMemory, append
+from vxl_jax.beacon.memory import KVMemory, append
 
 
 def text_step(model, mem: KVMemory, x, n, *, kind: str | None, sliced_memory: bool = False):

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 from vxl_jax.beacon.lean import compress_windows_lean
 from vxl_jax.beacon.text import text_step
 from vxl_jax.beacon.windows import compress_windows, window_token_counts
-from vxl_jax.constants import IGNORE_INDEX
-from vxl_jax.memory import KVMemory
-from vxl_jax.sharding import constrain, constrain_memory
+from vxl_jax.text.constants import IGNORE_INDEX
+from vxl_jax.beacon.memory import KVMemory
+from vxl_jax.runtime.sharding import constrain, constrain_memory
 
 
 def token_cross_entropy(logits, labels):

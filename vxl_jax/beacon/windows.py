@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vxl_jax.memory import KVMemory, append
+from vxl_jax.beacon.memory import KVMemory, append
 from vxl_jax.model.scan import remat_policy
-from vxl_jax.sharding import constrain
+from vxl_jax.runtime.sharding import constrain
 
 
 def interleave_layout(window: int, ratio: int):

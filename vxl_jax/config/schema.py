@@ -225,7 +225,7 @@ class MeshConfig:
 
 
 REMAT_POLICIES = ("none", "full", "minimal", "save_qkv_proj", "save_dot_except_mlp")
-SHARDING_PRESETS = ("fsdp", "fsdp_tp", "inference")  # the rule tables of vxl_jax.sharding.PRESETS
+SHARDING_PRESETS = ("fsdp", "fsdp_tp", "inference")  # the rule tables of vxl_jax.runtime.sharding.PRESETS
 ATTENTION_BACKENDS = ("xla", "reference", "pallas", "cudnn", "dot_product")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -238,7 +238,7 @@ class RuntimeConfig:
     jitted step (inference engine, training loss, window scan) reads it from there; nothing passes
     these settings separately. To run with other settings, build or load the model with another
     runtime (``cfg.with_runtime(...)``, ``load_converted(..., runtime=...)``). ``sharding`` names the
-    logical-axis rules preset (:data:`vxl_jax.sharding.PRESETS`) used for parameters, optimizer state,
+    logical-axis rules preset (:data:`vxl_jax.runtime.sharding.PRESETS`) used for parameters, optimizer state,
     batches and activations.
     """
 

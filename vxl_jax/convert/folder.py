@@ -27,7 +27,7 @@ from vxl_jax.convert import zarr_out
 from vxl_jax.convert.errors import ConversionError
 from vxl_jax.model.layers import DTYPES
 from vxl_jax.model.videoxl import abstract_model
-from vxl_jax.sharding import param_shardings
+from vxl_jax.runtime.sharding import param_shardings
 
 CONFIG_NAME, PARAMS_DIR = "vxl_config.json", "params"
 _TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -84,7 +84,7 @@ def load_converted(path, dtype: str = "float32", mesh=None, rules: str = "infere
     (``float32`` | ``bfloat16`` | ``float16``); cfg.runtime param/compute dtypes are set to it.
     ``runtime``: build the model with this runtime instead (parameters cast to its ``param_dtype``;
     ``dtype`` is then ignored), e.g. a training preset's runtime.
-    ``mesh``: restore each parameter straight onto its shards (``rules`` of :mod:`vxl_jax.sharding`), so
+    ``mesh``: restore each parameter straight onto its shards (``rules`` of :mod:`vxl_jax.runtime.sharding`), so
     no device ever holds the whole model.
     """
     path = os.path.abspath(os.fspath(path))

@@ -28,7 +28,7 @@ import dataclasses
 
 import numpy as np
 
-from vxl_jax.constants import DEFAULT_SYSTEM, IGNORE_INDEX, IMAGE_PLACEHOLDER
+from vxl_jax.text.constants import DEFAULT_SYSTEM, IGNORE_INDEX, IMAGE_PLACEHOLDER
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 

@@ -3,7 +3,7 @@
 Training video (LLaVA-NeXT ``process_video_with_pyav``): take every ``round(avg_fps / video_fps)``-th
 frame (1 fps by default); if that gives more than ``frames_upbound`` frames, use
 ``np.linspace(0, total - 1, frames_upbound, dtype=int)`` instead. Decoding uses decord
-(:func:`vxl_jax.video.open_video`, clear ``VideoError`` for missing/corrupt files).
+(:func:`vxl_jax.media.video.open_video`, clear ``VideoError`` for missing/corrupt files).
 An ``image`` record is one frame (no anyres tiling in training; see the README of train.py).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vxl_jax.video import VideoError, open_video
+from vxl_jax.media.video import VideoError, open_video
 
 
 def training_frame_indices(total: int, avg_fps: float, frames_upbound: int, video_fps: float = 1.0) -> np.ndarray:

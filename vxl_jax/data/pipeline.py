@@ -30,12 +30,12 @@ import os
 import grain
 import numpy as np
 
-from vxl_jax.constants import DEFAULT_SYSTEM, IGNORE_INDEX
+from vxl_jax.text.constants import DEFAULT_SYSTEM, IGNORE_INDEX
 from vxl_jax.data.conversation import RecordError, tokenize_conversation
 from vxl_jax.data.frames import load_image, load_training_video
-from vxl_jax.preprocess import resize_crop_frames
-from vxl_jax.tokenizer import build_tiny_tokenizer
-from vxl_jax.video import VideoError
+from vxl_jax.media.preprocess import resize_crop_frames
+from vxl_jax.text.tokenizer import build_tiny_tokenizer
+from vxl_jax.media.video import VideoError
 
 log = logging.getLogger(__name__)
 

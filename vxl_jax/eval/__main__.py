@@ -12,8 +12,8 @@ import json
 import os
 import sys
 
-from vxl_jax.api import VideoXL
-from vxl_jax.demo import default_model
+from vxl_jax.infer.api import VideoXL
+from vxl_jax.infer.demo import default_model
 from vxl_jax.eval.heatmap import draw_heatmap, grid_table, niah_grid
 from vxl_jax.eval.readers import read_benchmark
 from vxl_jax.eval.results import ResultsFile

@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from vxl_jax.constants import DEFAULT_SYSTEM
-from vxl_jax.prompt import chat_prompt, check_question, tokenizer_image_token
+from vxl_jax.text.constants import DEFAULT_SYSTEM
+from vxl_jax.text.prompt import chat_prompt, check_question, tokenizer_image_token
 
 LETTERS = "ABCDEFGHIJ"
 WATCH_SYSTEM = ("Carefully watch this video and pay attention to every detail. Based on your observations, "

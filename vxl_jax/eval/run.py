@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from vxl_jax.eval.choice import LETTERS, STYLES, letter_logprobs, parse_letter, prompt_ids, text_logprobs
 from vxl_jax.eval.readers import Item, find_video
 from vxl_jax.eval.results import ResultsFile, summarize, write_json_atomic
-from vxl_jax.preprocess import resize_crop_frames
-from vxl_jax.video import VideoError, load_video, open_video, sample_indices
+from vxl_jax.media.preprocess import resize_crop_frames
+from vxl_jax.media.video import VideoError, load_video, open_video, sample_indices
 
 SCORINGS = ("generate", "loglik", "loglik-text")
 DEFAULT_FRAMES = 128

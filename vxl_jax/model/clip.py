@@ -10,7 +10,7 @@ from vxl_jax.config import VisionConfig
 from vxl_jax.model.attention import attend
 from vxl_jax.model.layers import LayerNorm, OutProj, Proj, param
 from vxl_jax.model.scan import scan_layers, stacked
-from vxl_jax.sharding import constrain
+from vxl_jax.runtime.sharding import constrain
 
 
 def quick_gelu(x):

@@ -1,7 +1,7 @@
 """Parameter helpers and normalisation layers shared by the vision tower and the decoder.
 
 Every parameter carries logical axis names (``out_sharding`` metadata) that
-:mod:`vxl_jax.sharding` maps to mesh axes. Eager sharding is off: placement happens once, at
+:mod:`vxl_jax.runtime.sharding` maps to mesh axes. Eager sharding is off: placement happens once, at
 ``jax.jit``/``device_put`` time, from the rules table.
 """
 

@@ -9,7 +9,7 @@ wholly above the causal diagonal likewise. The memory is read in place: ``[(L,) 
 viewed as ``[L, B, M * KV, Dh]`` (slot-major rows; the same bytes in TPU's tiled layout, so a
 bitcast, not a copy); each KV head's rows are strided loads of one tile, shared by its
 ``G = H // KV`` query heads (lane blocks of ``q`` viewed as ``[B, T, H * Dh]``). Under
-:class:`vxl_jax.sharding.activation_sharding` the call runs per shard (``shard_map`` over the
+:class:`vxl_jax.runtime.sharding.activation_sharding` the call runs per shard (``shard_map`` over the
 batch and KV-head axes).
 
 On TPU this compiles with Mosaic (Dh a multiple of 128, ``block_k`` a multiple of 128,
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from vxl_jax import sharding as sh
+from vxl_jax.runtime import sharding as sh
 from vxl_jax.model import blocked
 from vxl_jax.model.pallas_attention_bwd import backward as pallas_backward
 from vxl_jax.model.pallas_tiles import NEG, Plan, head_rows, tiled_operands
@@ -266,7 +266,7 @@ def pallas_attention(q, k, v, *, valid=None, causal: bool = True, mem_k=None, me
 
 
 def _per_shard(call, q, k, v, valid, mem_k, mem_v, mem_len, layer):
-    """``call`` on each shard under :class:`vxl_jax.sharding.activation_sharding` (XLA cannot partition
+    """``call`` on each shard under :class:`vxl_jax.runtime.sharding.activation_sharding` (XLA cannot partition
     a Mosaic call: it would gather every operand onto every chip). Batch rows and KV heads (with
     their query heads) are split as the rules split ``batch`` and ``act_kv_heads``; other dims whole."""
     args = (q, k, v, valid, mem_k, mem_v, mem_len, layer)

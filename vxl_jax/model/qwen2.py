@@ -23,7 +23,7 @@ from vxl_jax.model.attention import attend
 from vxl_jax.model.layers import OutProj, Proj, RMSNorm, param
 from vxl_jax.model.rope import apply_rope, rope_tables
 from vxl_jax.model.scan import scan_layers, stacked
-from vxl_jax.sharding import constrain
+from vxl_jax.runtime.sharding import constrain
 
 
 class Attention(nnx.Module):

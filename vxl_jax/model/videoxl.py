@@ -11,7 +11,7 @@ from vxl_jax.model.clip import CLIPVisionTower
 from vxl_jax.model.layers import dtype_of
 from vxl_jax.model.projector import Projector, pool_2x2
 from vxl_jax.model.qwen2 import Qwen2LM
-from vxl_jax.preprocess import normalize_frames
+from vxl_jax.media.preprocess import normalize_frames
 
 
 class VideoXLModel(nnx.Module):

@@ -22,9 +22,9 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from vxl_jax import sharding as sh
+from vxl_jax.runtime import sharding as sh
 from vxl_jax.convert.folder import CONFIG_NAME, load_converted, save_converted
-from vxl_jax.compile_cache import enable_compilation_cache
+from vxl_jax.runtime.compile_cache import enable_compilation_cache
 from vxl_jax.config import VideoXLConfig
 from vxl_jax.data.pipeline import SampleSpec, TrainLoader, load_tokenizer
 from vxl_jax.data.records import load_records

@@ -11,7 +11,7 @@ summing ``windowed_loss`` sums and gradients, divides by the total number of sco
 window's compression ratio is drawn inside the step (:func:`vxl_jax.beacon.ratios.draw_ratio_idx`:
 ``randint(fold_in(fold_in(key, step), micro), [W], 0, len(ratios))``), so a resumed run draws exactly
 the same ratios.
-Parameters are sharded by the logical-axis rules (:mod:`vxl_jax.sharding`), optimizer moments
+Parameters are sharded by the logical-axis rules (:mod:`vxl_jax.runtime.sharding`), optimizer moments
 like their parameters, the batch over ``(data, fsdp)`` on its batch dim.
 """
 
@@ -26,8 +26,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from vxl_jax import sharding as sh
-from vxl_jax.distributed import check_process_batch
+from vxl_jax.runtime import sharding as sh
+from vxl_jax.runtime.distributed import check_process_batch
 from vxl_jax.beacon.ratios import draw_ratio_idx
 from vxl_jax.beacon.train import windowed_loss
 from vxl_jax.config import VideoXLConfig

@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vxl_jax.beacon.ratios import ORIGINAL_RATIO_SEED, check_ratio, pick_ratio
-from vxl_jax.memory import KVMemory
-from vxl_jax.memory_io import FORMAT, _geometry, load_memory
-from vxl_jax.preprocess import resize_crop_frames
-from vxl_jax.results import FRAME_CALL_WINDOWS, TEXT_BUCKET, PrefillResult, VideoMemory, ensure_capacity
+from vxl_jax.beacon.memory import KVMemory
+from vxl_jax.infer.memory_file import FORMAT, _geometry, load_memory
+from vxl_jax.media.preprocess import resize_crop_frames
+from vxl_jax.infer.results import FRAME_CALL_WINDOWS, TEXT_BUCKET, PrefillResult, VideoMemory, ensure_capacity
 
 DEFAULT_SEED = ORIGINAL_RATIO_SEED  # the original's step-random generator: numpy default_rng(42)
 

@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from vxl_jax.preprocess import resize_crop_frames
+from vxl_jax.media.preprocess import resize_crop_frames
 
 
 class VideoError(ValueError):
@@ -217,7 +217,7 @@ def load_video(path, num_frames: int, size: int | None = None, batch: int = 32) 
     """Decode ``num_frames`` uniformly spaced frames -> (uint8 [F, H, W, 3] RGB, info).
 
     With ``size``, frames are decoded ``batch`` at a time and resized + center-cropped as they come
-    (:func:`vxl_jax.preprocess.resize_crop_frames`) -> uint8 [F, size, size, 3]: the full-resolution
+    (:func:`vxl_jax.media.preprocess.resize_crop_frames`) -> uint8 [F, size, size, 3]: the full-resolution
     frames are never all in memory.
 
     info: path, total_frames, fps, duration_s, indices (list), num_frames (F actually returned),

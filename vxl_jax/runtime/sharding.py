@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from vxl_jax import distributed
+from vxl_jax.runtime import distributed
 from vxl_jax.config import MeshConfig
 
 log = logging.getLogger(__name__)
@@ -334,7 +334,7 @@ def constrain_memory(k, v):
 
 
 def memory_shardings(mem, mesh: Mesh, rules=None):
-    """Shardings for a :class:`vxl_jax.memory.KVMemory`: k/v [L, B, M, KV, Dh], counters [B]."""
+    """Shardings for a :class:`vxl_jax.beacon.memory.KVMemory`: k/v [L, B, M, KV, Dh], counters [B]."""
     k = logical_sharding(mesh, MEMORY_AXES, mem.k.shape, rules)
     v = logical_sharding(mesh, MEMORY_AXES, mem.v.shape, rules)
     b = logical_sharding(mesh, ("cache_batch",), mem.length.shape, rules)
@@ -373,7 +373,7 @@ def make_mesh(mesh_cfg: MeshConfig | Sequence[int] | None = None, devices: Seque
 def maybe_initialize_distributed(enable: bool | None = None, *, coordinator_address: str | None = None,
                                  num_processes: int | None = None, process_id: int | None = None,
                                  env: Mapping[str, str] | None = None) -> bool:
-    """:func:`vxl_jax.distributed.maybe_initialize` (multi-process start-up; kept here for callers)."""
+    """:func:`vxl_jax.runtime.distributed.maybe_initialize` (multi-process start-up; kept here for callers)."""
     return distributed.maybe_initialize(enable, coordinator_address=coordinator_address,
                                         num_processes=num_processes, process_id=process_id, env=env)
 

@@ -7,7 +7,7 @@ text can be streamed; the whole decoding state travels explicitly between calls:
     memory (KVMemory), last logits [B, V] fp32, seen mask [B, V] bool, PRNG key.
 
 Semantics are those of the host loop it replaces: a token is chosen from the last logits (after
-the processors of :mod:`vxl_jax.sampling`), recorded, and fed back through the model (one-token
+the processors of :mod:`vxl_jax.infer.sampling`), recorded, and fed back through the model (one-token
 ``_text_chunk``: its K/V appended to the memory) unless it is a stop id or the ``max_new``-th token;
 the stop token is part of the output and the last token is never fed back. B prompts decode in
 lockstep (batched answering); each row stops on its own.
@@ -18,8 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vxl_jax.memory import KVMemory
-from vxl_jax.sampling import SamplingParams, choose_jax
+from vxl_jax.beacon.memory import KVMemory
+from vxl_jax.infer.sampling import SamplingParams, choose_jax
 
 
 def stop_mask(stop_ids, vocab: int) -> jax.Array:

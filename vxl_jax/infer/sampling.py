@@ -2,7 +2,7 @@
 temperature, top-k, top-p (sampling only), then argmax or a draw.
 
 Two implementations with the same semantics: numpy on the host (``choose``, the reference) and JAX
-on device (``choose_jax``, used inside the compiled decode loop of :mod:`vxl_jax.decode`)."""
+on device (``choose_jax``, used inside the compiled decode loop of :mod:`vxl_jax.infer.decode`)."""
 
 from __future__ import annotations
 

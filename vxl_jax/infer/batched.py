@@ -19,10 +19,10 @@ import numpy as np
 
 from vxl_jax.beacon.ratios import DEFAULT_RATIO
 from vxl_jax.beacon.windows import window_token_counts
-from vxl_jax.constants import IMAGE_TOKEN_INDEX
-from vxl_jax.memory import KVMemory
-from vxl_jax.preprocess import resize_crop_frames
-from vxl_jax.results import FRAME_CALL_WINDOWS, TEXT_BUCKET, VideoMemory, chunk_sizes, round_up, split_prompt
+from vxl_jax.text.constants import IMAGE_TOKEN_INDEX
+from vxl_jax.beacon.memory import KVMemory
+from vxl_jax.media.preprocess import resize_crop_frames
+from vxl_jax.infer.results import FRAME_CALL_WINDOWS, TEXT_BUCKET, VideoMemory, chunk_sizes, round_up, split_prompt
 
 
 def is_batch(input_ids) -> bool:

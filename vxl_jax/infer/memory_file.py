@@ -16,7 +16,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from vxl_jax.config import VideoXLConfig
-from vxl_jax.memory import KVMemory
+from vxl_jax.beacon.memory import KVMemory
 
 FORMAT = "vxl-jax-memory-v1"
 

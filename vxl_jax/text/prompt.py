@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vxl_jax.constants import DEFAULT_SYSTEM, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
+from vxl_jax.text.constants import DEFAULT_SYSTEM, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 
 
 def _image_token_index() -> int:

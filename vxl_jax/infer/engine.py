@@ -15,12 +15,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from vxl_jax import sharding as sh
+from vxl_jax.runtime import sharding as sh
 from vxl_jax.beacon.text import text_step
 from vxl_jax.beacon.windows import compress_windows
-from vxl_jax.decode import decode_chunk
-from vxl_jax.decode_window import cut, paste, window_size, window_step
-from vxl_jax.memory import KVMemory
+from vxl_jax.infer.decode import decode_chunk
+from vxl_jax.infer.decode_window import cut, paste, window_size, window_step
+from vxl_jax.beacon.memory import KVMemory
 
 
 def _text_chunk(graphdef, state, mem: KVMemory, ids, n, *, kind: str):
@@ -31,7 +31,7 @@ def _text_chunk(graphdef, state, mem: KVMemory, ids, n, *, kind: str):
 
 
 def _window_token(graphdef, state, win, ids, n, *, kind: str):
-    """The decode loop's text step over a :class:`~vxl_jax.decode_window.DecodeWindow` (one token per row)."""
+    """The decode loop's text step over a :class:`~vxl_jax.infer.decode_window.DecodeWindow` (one token per row)."""
     assert kind == "text" and ids.shape[1] == 1, (kind, ids.shape)
     return window_step(nnx.merge(graphdef, state), win, ids, n)
 
@@ -75,7 +75,7 @@ def _trim_host_heap() -> None:
 
 
 def decodes_in_window(platform: str, attention: str) -> bool:
-    """Whether decoding reads a :class:`~vxl_jax.decode_window.DecodeWindow` (the filled memory copied once
+    """Whether decoding reads a :class:`~vxl_jax.infer.decode_window.DecodeWindow` (the filled memory copied once
     per call) rather than the memory itself. On CPU, yes: XLA:CPU copies every slice of the stacked memory
     that feeds a matrix product, per token and layer. Elsewhere, no: on TPU the ``pallas`` kernel reads
     its memory tiles in place (and XLA fuses slices into their consumers), so a window would only add a
@@ -88,9 +88,9 @@ class Engine:
     """Holds ``(graphdef, state)`` and a cache of compiled steps."""
 
     def __init__(self, model, mesh=None, rules=sh.INFERENCE_PRESET, decode_window: bool | None = None):
-        """``mesh``: a ``(data, fsdp, tensor)`` Mesh (see :func:`vxl_jax.sharding.inference_mesh`) or None
+        """``mesh``: a ``(data, fsdp, tensor)`` Mesh (see :func:`vxl_jax.runtime.sharding.inference_mesh`) or None
         (one device). With a mesh the parameters are placed by ``rules``, every step is traced under
-        :class:`~vxl_jax.sharding.activation_sharding`, memories are kept on their memory shardings and
+        :class:`~vxl_jax.runtime.sharding.activation_sharding`, memories are kept on their memory shardings and
         the other inputs / outputs are replicated. ``decode_window``: see :func:`decodes_in_window` (None:
         decided by the platform and the attention backend)."""
         self.graphdef, self.state = nnx.split(model)
@@ -149,9 +149,9 @@ class Engine:
 
     def decode(self, mem: KVMemory, last, seen, key, stops, remaining, *, params, chunk: int,
                return_logits: bool = False):
-        """Up to ``chunk`` tokens in one compiled loop (:func:`vxl_jax.decode.decode_chunk`); the memory
+        """Up to ``chunk`` tokens in one compiled loop (:func:`vxl_jax.infer.decode.decode_chunk`); the memory
         and the seen mask are donated. With ``decode_window`` the tokens read and write a window of the
-        memory's filled slots (:mod:`vxl_jax.decode_window`; one compilation per window size, a multiple of
+        memory's filled slots (:mod:`vxl_jax.infer.decode_window`; one compilation per window size, a multiple of
         ``WINDOW_STEP``), else the text step over the memory. One compilation per memory capacity, chunk
         and sampling setting."""
         static = {"params": params, "chunk": chunk, "return_logits": return_logits}

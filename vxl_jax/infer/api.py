@@ -7,7 +7,7 @@
 ``input_ids`` are 1-D token ids with exactly one ``-200`` placeholder where the video goes (or none:
 text only). ``pixel_values`` are preprocessed float32 frames [F, 3, 336, 336], or raw uint8 frames
 [F, H, W, 3] (CLIP-preprocessed here: resized and cropped on the host per scan call, sent to the device
-as uint8 and normalized there; :func:`vxl_jax.preprocess.resize_crop_frames` output is taken as is).
+as uint8 and normalized there; :func:`vxl_jax.media.preprocess.resize_crop_frames` output is taken as is).
 """
 
 from __future__ import annotations
@@ -22,28 +22,28 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from vxl_jax.batched import generate_batch, is_batch
+from vxl_jax.infer.batched import generate_batch, is_batch
 from vxl_jax.beacon.ratios import DEFAULT_RATIO  # noqa: F401 (re-exported)
 from vxl_jax.beacon.ratios import ORIGINAL_RATIO_SEED, ratio_schedule
 from vxl_jax.beacon.windows import window_token_counts
 from vxl_jax.config import VideoXLConfig
-from vxl_jax.constants import IMAGE_TOKEN_INDEX
-from vxl_jax.decode import stop_mask
-from vxl_jax.engine import Engine
-from vxl_jax.memory import KVMemory
-from vxl_jax import memory_io
+from vxl_jax.text.constants import IMAGE_TOKEN_INDEX
+from vxl_jax.infer.decode import stop_mask
+from vxl_jax.infer.engine import Engine
+from vxl_jax.beacon.memory import KVMemory
+from vxl_jax.infer import memory_file
 from vxl_jax.model import VideoXLModel
 from vxl_jax.model.layers import dtype_of
-from vxl_jax.preprocess import preprocess_frames, resize_crop_frames
-from vxl_jax.results import FRAME_CALL_WINDOWS as _FRAME_CALL_WINDOWS
-from vxl_jax.results import SLOT_BUCKET as _SLOT_BUCKET
-from vxl_jax.results import TEXT_BUCKET as _TEXT_BUCKET
-from vxl_jax.results import GenerateOutput, PrefillResult, VideoMemory, ensure_capacity, split_prompt
-from vxl_jax.results import chunk_sizes as _chunk_sizes
-from vxl_jax.results import round_up as _round_up
-from vxl_jax.sampling import SamplingParams, seen_mask
-from vxl_jax.session import Session, load, start
-from vxl_jax.sharding import INFERENCE_PRESET, inference_mesh, shard_model
+from vxl_jax.media.preprocess import preprocess_frames, resize_crop_frames
+from vxl_jax.infer.results import FRAME_CALL_WINDOWS as _FRAME_CALL_WINDOWS
+from vxl_jax.infer.results import SLOT_BUCKET as _SLOT_BUCKET
+from vxl_jax.infer.results import TEXT_BUCKET as _TEXT_BUCKET
+from vxl_jax.infer.results import GenerateOutput, PrefillResult, VideoMemory, ensure_capacity, split_prompt
+from vxl_jax.infer.results import chunk_sizes as _chunk_sizes
+from vxl_jax.infer.results import round_up as _round_up
+from vxl_jax.infer.sampling import SamplingParams, seen_mask
+from vxl_jax.infer.session import Session, load, start
+from vxl_jax.runtime.sharding import INFERENCE_PRESET, inference_mesh, shard_model
 
 DECODE_CHUNK = 16  # tokens per compiled decode call (the streaming granularity)
 
@@ -67,7 +67,7 @@ class VideoXL:
                  generation_config: dict | None = None, mesh=None):
         """``mesh``: None (one device), a dict of axis sizes over ``data`` / ``fsdp`` / ``tensor`` (e.g.
         ``{"tensor": 4}``), its text form ``"tensor=4"``, or a ``jax.sharding.Mesh``: parameters placed by the
-        ``inference`` rules of :mod:`vxl_jax.sharding` (tensor parallel over heads and MLP, KV memory over KV
+        ``inference`` rules of :mod:`vxl_jax.runtime.sharding` (tensor parallel over heads and MLP, KV memory over KV
         heads, batches over ``data``), and every step runs on that mesh."""
         self.cfg = cfg
         self.mesh = inference_mesh(mesh)
@@ -84,7 +84,7 @@ class VideoXL:
         """Load a folder written by ``convert_weights.py`` (config, params, tokenizer, generation config).
         ``mesh``: see :class:`VideoXL` (parameters are restored straight onto their shards)."""
         mesh = inference_mesh(mesh)
-        from vxl_jax.checkpoint import load_converted  # the converter stack (orbax, tensorstore): on load only
+        from vxl_jax.convert.folder import load_converted  # the converter stack (orbax, tensorstore): on load only
 
         cfg, model, tokenizer, gen = load_converted(path, dtype=dtype, mesh=mesh, rules=INFERENCE_PRESET)
         return cls(cfg, model, tokenizer, gen, mesh=mesh)
@@ -289,13 +289,13 @@ class VideoXL:
         with each call's new ids (np.int32 1-D) as they arrive. ``seed`` seeds the draws
         (``jax.random.PRNGKey(seed)``). ``return_logits``: also the fp32 [n, V] logits each token was
         chosen from (before the logits processors). ``return_output``: return a
-        :class:`vxl_jax.results.GenerateOutput` instead (ids, step logits, the memory after generation, and
+        :class:`vxl_jax.infer.results.GenerateOutput` instead (ids, step logits, the memory after generation, and
         this call's prompt / decode reports). ``ratio_rng``: as in :meth:`prefill`.
 
         With ``memory`` (a saved video memory: prefix + beacons), ``input_ids`` are only the text that
         follows the video (e.g. "\\n{question}<|im_end|>\\n<|im_start|>assistant\\n"): nothing is re-encoded.
 
-        Lists (batched answering, :mod:`vxl_jax.batched`): ``input_ids`` a list of B prompts, ``pixel_values``
+        Lists (batched answering, :mod:`vxl_jax.infer.batched`): ``input_ids`` a list of B prompts, ``pixel_values``
         None or a list of B entries (None: text only), ``memory`` one video memory for every row or a list of B,
         ``seed`` an int or B ints -> a list of B id arrays (each equal to its single call), and with
         ``return_logits`` a list of B step-logit arrays too. One int ``ratio`` for the videos of one call.
@@ -357,7 +357,7 @@ class VideoXL:
 
     def _generate_batch(self, input_ids, pixel_values, ratio, max_new, *, params, stops, seed, memory, return_logits,
                         chunk, features, stream, return_output=False):
-        """Lists in (B prompts), a list of id arrays out: :func:`vxl_jax.batched.generate_batch`."""
+        """Lists in (B prompts), a list of id arrays out: :func:`vxl_jax.infer.batched.generate_batch`."""
         if not is_batch(input_ids):
             raise ValueError("with a list of memories, input_ids must be a list of 1-D id arrays (one per memory)")
         if features is not None or stream is not None:
@@ -424,7 +424,7 @@ class VideoXL:
     # ------------------------------------------------------------------ incremental ingestion
 
     def session(self, prefix_ids=None, ratio: int | Sequence[int] | None = None, *, seed: int = 42):
-        """A :class:`vxl_jax.session.Session`: frames added a few at a time (``s.add_frames``), questions at any
+        """A :class:`vxl_jax.infer.session.Session`: frames added a few at a time (``s.add_frames``), questions at any
         point (``s.prefill`` / ``s.generate``), ``s.save``. ``prefix_ids``: the token ids before the video.
         ``ratio``: as :meth:`prefill`; a list draws per window from the session's own ``default_rng(seed)``."""
         return Session(self, start(self, prefix_ids, ratio, seed))
@@ -439,22 +439,22 @@ class VideoXL:
         """Short hash identifying this model's weights (stored in saved memories, checked on load).
         Computed once: the weights of a loaded model do not change."""
         if self._fingerprint is None:
-            self._fingerprint = memory_io.model_fingerprint(self.model, self.cfg)
+            self._fingerprint = memory_file.model_fingerprint(self.model, self.cfg)
         return self._fingerprint
 
     def save_memory(self, path, memory: VideoMemory) -> None:
         """Write a video memory (``PrefillResult.video_memory``) to ``path`` (safetensors)."""
         if not isinstance(memory, VideoMemory):
             memory = VideoMemory(memory, np.zeros((0,), np.int32))
-        memory_io.save_memory(path, memory.kv, self.cfg, extra={"prompt_ids": [int(i) for i in memory.prompt_ids],
+        memory_file.save_memory(path, memory.kv, self.cfg, extra={"prompt_ids": [int(i) for i in memory.prompt_ids],
                                                       "frames": memory.frames,
                                                       "visual_tokens": memory.visual_tokens},
                     fingerprint=self.fingerprint())
 
     def load_memory(self, path) -> VideoMemory:
         """Read a memory written by :meth:`save_memory`; one saved by another model (other geometry, or other
-        weights: see :func:`vxl_jax.memory_io.model_fingerprint`) raises ``MemoryMismatchError`` (a ValueError)."""
-        kv, extra = memory_io.load_memory(path, self.cfg, dtype=self._dtype, fingerprint=self.fingerprint())
+        weights: see :func:`vxl_jax.infer.memory_file.model_fingerprint`) raises ``MemoryMismatchError`` (a ValueError)."""
+        kv, extra = memory_file.load_memory(path, self.cfg, dtype=self._dtype, fingerprint=self.fingerprint())
         return VideoMemory(kv, np.asarray(extra.get("prompt_ids", []), np.int32), int(extra.get("frames", 0)),
                            int(extra.get("visual_tokens", 0)))
 

@@ -11,8 +11,8 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from vxl_jax.constants import IMAGE_TOKEN_INDEX
-from vxl_jax.memory import KVMemory
+from vxl_jax.text.constants import IMAGE_TOKEN_INDEX
+from vxl_jax.beacon.memory import KVMemory
 
 SLOT_BUCKET = 256  # memory capacity and prompt lengths are rounded up to limit recompilation
 TEXT_BUCKET = 16

@@ -20,10 +20,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from vxl_jax.memory import KVMemory, write_rows
+from vxl_jax.beacon.memory import KVMemory, write_rows
 from vxl_jax.model.rope import rope_tables
 from vxl_jax.model.scan import scan_layers
-from vxl_jax.results import round_up
+from vxl_jax.infer.results import round_up
 
 WINDOW_STEP = 256  # window sizes are multiples of this (or the memory's capacity): few compilations
 # a layer's memory [B, S, KV, Dh] as its window: keys [B, KV, Dh, S], values [B, KV, S, Dh]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pathlib
 
-from vxl_jax.api import VideoXL
+from vxl_jax.infer.api import VideoXL
 from vxl_jax.config import VideoXLConfig
 from vxl_jax.model import random_model
-from vxl_jax.tokenizer import build_tiny_tokenizer
+from vxl_jax.text.tokenizer import build_tiny_tokenizer
 
 TINY_MODEL = {  # same as configs/tiny.yaml `model:` (used when the package is installed without configs/)
     "vision": {"image_size": 336, "patch_size": 14, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
@@ -41,7 +41,7 @@ def tiny_config(dtype: str = "float32"):
 
 
 def default_model(dtype: str = "float32", seed: int = 0, mesh=None):
-    """-> ``vxl_jax.api.VideoXL``: tiny random model (``random_model(cfg, seed)``), tiny tokenizer, and
+    """-> ``vxl_jax.infer.api.VideoXL``: tiny random model (``random_model(cfg, seed)``), tiny tokenizer, and
     generation defaults (eos [2, 1], 32 new tokens, greedy). ``mesh``: as for ``VideoXL`` (e.g.
     ``{"tensor": 2}``)."""
     cfg = tiny_config(dtype)

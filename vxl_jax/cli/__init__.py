@@ -1,0 +1,1 @@
+"""Command-line entry points (``infer.py``, ``train.py``, ``convert_weights.py`` call these)."""

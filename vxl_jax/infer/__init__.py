@@ -1,0 +1,1 @@
+"""Inference: the batched core over the model and its memory, the ``VideoXL`` facade, sessions, memory files."""

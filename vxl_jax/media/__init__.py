@@ -1,0 +1,1 @@
+"""Media: video reading and frame sampling, CLIP preprocessing, sample videos."""

@@ -1,0 +1,1 @@
+"""Text: token constants, ChatML prompts, the tiny tokenizer."""
