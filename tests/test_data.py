@@ -9,26 +9,26 @@ import numpy as np
 import pytest
 
 from vxl_jax.data.conversation import IGNORE_INDEX, RecordError, tokenize_conversation
-from vxl_jax.data.frames import load_training_video, training_frame_indices
+from vxl_jax.data.frames import load_training_video
 from vxl_jax.data.pipeline import SampleSpec, TrainLoader
 from vxl_jax.data.records import load_records
 from vxl_jax.media.preprocess import normalize_frames, preprocess_frames, resize_crop_frames
 from vxl_jax.text.tokenizer import build_tiny_tokenizer
-from vxl_jax.media.video import VideoError, read_counter, write_sample_video
+from vxl_jax.media.video import VideoError, read_counter, sample_indices, write_sample_video
 
 X = IGNORE_INDEX
 
 
 def test_frame_indices_hand_computed():
     # 48 frames at 4 fps: every 4th frame (1 fps) -> 12 frames; under a cap of 12 they are kept
-    assert training_frame_indices(48, 4.0, 12).tolist() == [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44]
+    assert sample_indices(48, 4.0, fps=1.0, max_frames=12).tolist() == [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44]
     # above the cap: linspace(0, 47, 8) truncated
-    assert training_frame_indices(48, 4.0, 8).tolist() == [0, 6, 13, 20, 26, 33, 40, 47]
+    assert sample_indices(48, 4.0, fps=1.0, max_frames=8).tolist() == [0, 6, 13, 20, 26, 33, 40, 47]
     # 30 fps -> step 30; 25 fps with video_fps 2 -> step round(12.5) = 12
-    assert training_frame_indices(100, 30.0, 10).tolist() == [0, 30, 60, 90]
-    assert training_frame_indices(40, 25.0, 10, video_fps=2.0).tolist() == [0, 12, 24, 36]
+    assert sample_indices(100, 30.0, fps=1.0, max_frames=10).tolist() == [0, 30, 60, 90]
+    assert sample_indices(40, 25.0, fps=2.0, max_frames=10).tolist() == [0, 12, 24, 36]
     with pytest.raises(VideoError):
-        training_frame_indices(0, 4.0, 8)
+        sample_indices(0, 4.0, fps=1.0, max_frames=8)
 
 
 @pytest.fixture(scope="module")

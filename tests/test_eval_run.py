@@ -9,7 +9,8 @@ import pytest
 from vxl_jax.eval import RunSettings, read_benchmark, run_benchmark
 from vxl_jax.eval.choice import STYLES, letter_logprobs, prompt_ids, text_logprobs
 from vxl_jax.eval.results import ResultsFile
-from vxl_jax.eval.run import encode_video, fps_indices, read_frames
+from vxl_jax.eval.run import encode_video, read_frames
+from vxl_jax.media.video import sample_indices
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 50, 220)}
 
@@ -195,9 +196,11 @@ def test_cli_niah_end_to_end(small_vx, tmp_path, monkeypatch, capsys):
 
 
 def test_fps_sampling(mlvu_set):
-    np.testing.assert_array_equal(fps_indices(100, 25.0, 1.0), [0, 25, 50, 75])
-    np.testing.assert_array_equal(fps_indices(100, 25.0, 2.0), [0, 12, 25, 37, 50, 62, 75, 87])
-    assert len(fps_indices(3000, 30.0, 1.0, cap=16)) == 16
+    """--fps samples as infer.py and training do (vxl_jax.media.video.sample_indices): every round(rate / fps)-th
+    frame (here 25 / 2 -> 12, Python's round), capped by --frames."""
+    np.testing.assert_array_equal(sample_indices(100, 25.0, fps=1.0), [0, 25, 50, 75])
+    np.testing.assert_array_equal(sample_indices(100, 25.0, fps=2.0), [0, 12, 24, 36, 48, 60, 72, 84, 96])
+    assert len(sample_indices(3000, 30.0, fps=1.0, max_frames=16)) == 16
     frames = read_frames(str(mlvu_set / "video" / "1_plotQA" / "v0.mp4"), 56, None, 0.5)  # 12 s at 1 fps
     assert frames.shape == (6, 56, 56, 3)
 

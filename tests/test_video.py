@@ -14,18 +14,18 @@ def h264_video(tmp_path_factory):
 
 
 def test_sample_indices_match_linspace_truncation():
-    np.testing.assert_array_equal(sample_indices(10, 4), [0, 3, 6, 9])
-    np.testing.assert_array_equal(sample_indices(100, 7), [0, 16, 33, 49, 66, 82, 99])  # floor, not round
-    np.testing.assert_array_equal(sample_indices(5, 1), [0])
-    np.testing.assert_array_equal(sample_indices(5, 5), np.arange(5))
-    np.testing.assert_array_equal(sample_indices(5, 9), np.arange(5))  # more than available: all frames once
+    np.testing.assert_array_equal(sample_indices(10, num_frames=4), [0, 3, 6, 9])
+    np.testing.assert_array_equal(sample_indices(100, num_frames=7), [0, 16, 33, 49, 66, 82, 99])  # floor, not round
+    np.testing.assert_array_equal(sample_indices(5, num_frames=1), [0])
+    np.testing.assert_array_equal(sample_indices(5, num_frames=5), np.arange(5))
+    np.testing.assert_array_equal(sample_indices(5, num_frames=9), np.arange(5))  # more than available: all frames once
     for total, f in [(97, 12), (1000, 900), (301, 128)]:
-        idx = sample_indices(total, f)
+        idx = sample_indices(total, num_frames=f)
         assert idx[0] == 0 and idx[-1] == total - 1 and len(idx) == f and np.all(np.diff(idx) > 0)
     with pytest.raises(VideoError):
-        sample_indices(0, 4)
+        sample_indices(0, num_frames=4)
     with pytest.raises(VideoError):
-        sample_indices(10, 0)
+        sample_indices(10, num_frames=0)
 
 
 def test_counter_roundtrip_on_raw_frames():
@@ -155,10 +155,10 @@ def test_stream_uniform_equals_whole_file_reader(h264_video, num_frames, batch):
 def test_stream_fps_equals_whole_file_fps_sampling(h264_video, fps):
     """Fixed fps: every round(24 / fps)-th frame, as the whole-file (training) reader samples at that rate."""
     from vxl_jax.data.frames import load_training_video
-    from vxl_jax.media.video import VideoStream, fps_indices
+    from vxl_jax.media.video import VideoStream
 
     whole, idx = load_training_video(h264_video, frames_upbound=10**6, video_fps=fps)
-    np.testing.assert_array_equal(fps_indices(97, 24.0, fps), idx)
+    np.testing.assert_array_equal(sample_indices(97, 24.0, fps=fps), idx)
     np.testing.assert_array_equal(idx, np.arange(0, 97, max(1, round(24 / fps))))
     stream = VideoStream(h264_video, fps=fps, size=64, batch=7)
     assert stream.indices.tolist() == idx.tolist() and stream.info["num_frames"] == len(idx)
@@ -184,3 +184,38 @@ def test_frame_iterators_and_raw_pipes(tmp_path):
         list(iter_frame_chunks([np.zeros((4, 4), np.float32)]))
     with pytest.raises(VideoError, match="either"):
         VideoStream(path, num_frames=3, fps=1)
+
+
+@pytest.mark.parametrize("fps,cap", [(1, None), (2.5, None), (24, None), (50, None), (1, 3), (24, 40)])
+def test_inference_evaluation_and_training_pick_the_same_frames(h264_video, fps, cap, monkeypatch):
+    """infer.py --fps F (VideoStream), python -m vxl_jax.eval --fps F [--frames cap] (eval.run.open_frames) and the
+    training data (frames_upbound = cap) choose the same indices, all through media.video.sample_indices."""
+    from vxl_jax.data import frames as data_frames
+    from vxl_jax.data.frames import load_training_video
+    from vxl_jax.eval import run as eval_run
+    from vxl_jax.media import video
+    from vxl_jax.media.video import VideoStream
+
+    calls = []
+    monkeypatch.setattr(video, "sample_indices", lambda *a, **k: calls.append((a, k)) or sample_indices(*a, **k))
+    infer_idx = VideoStream(h264_video, fps=fps, max_frames=cap).indices
+    eval_idx = eval_run.open_frames(h264_video, 64, cap, fps).indices
+    assert len(calls) == 2 and calls[0] == calls[1]  # both readers asked the one rule the same question
+    _, train_idx = load_training_video(h264_video, cap or 10**6, fps)
+    assert data_frames.sample_indices is sample_indices  # the data pipeline calls the same function
+    expected = sample_indices(97, 24.0, fps=fps, max_frames=cap).tolist()
+    assert infer_idx.tolist() == eval_idx.tolist() == train_idx.tolist() == expected
+    frames = eval_run.read_frames(h264_video, 64, cap, fps)
+    np.testing.assert_array_equal(frames, np.concatenate(list(VideoStream(h264_video, fps=fps, size=64, batch=5,
+                                                                           max_frames=cap))))
+
+
+def test_evaluation_uniform_frames_are_load_videos(h264_video):
+    from vxl_jax.eval import run as eval_run
+
+    for frames in (12, 200):  # 200 > 97: every frame
+        assert eval_run.open_frames(h264_video, 64, frames, None).indices.tolist() == sample_indices(
+            97, num_frames=frames).tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_array_equal(eval_run.read_frames(h264_video, 64, 12, None), load_video(h264_video, 12, size=64)[0])

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import time
-import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -27,8 +26,7 @@ from tqdm.auto import tqdm
 from vxl_jax.eval.choice import LETTERS, STYLES, letter_logprobs, parse_letter, prompt_ids, text_logprobs
 from vxl_jax.eval.readers import Item, find_video
 from vxl_jax.eval.results import ResultsFile, summarize, write_json_atomic
-from vxl_jax.media.preprocess import resize_crop_frames
-from vxl_jax.media.video import VideoError, load_video, open_video, sample_indices
+from vxl_jax.media.video import VideoStream
 
 SCORINGS = ("generate", "loglik", "loglik-text")
 DEFAULT_FRAMES = 128
@@ -54,33 +52,23 @@ class RunSettings:
         return d
 
 
-def fps_indices(total: int, video_fps: float, fps: float, cap: int | None = None) -> np.ndarray:
-    """Frame indices at ``fps`` frames per second (``int(i * video_fps / fps)``, as VNBench's 1 fps loader),
-    spread uniformly down to ``cap`` frames when there are more."""
-    if fps <= 0 or video_fps <= 0:
-        raise VideoError(f"cannot sample at {fps} fps a video whose frame rate is {video_fps}")
-    step = video_fps / fps
-    idx = np.unique(np.minimum((np.arange(max(1, int(total / step))) * step).astype(np.int64), total - 1))
-    if cap is not None and len(idx) > cap:
-        idx = idx[sample_indices(len(idx), cap)]
-    return idx
+def open_frames(path: str, size: int, frames: int | None, fps: float | None) -> VideoStream:
+    """The frames a question's video is read with, as ``infer.py`` reads them (:class:`VideoStream`, i.e.
+    :func:`vxl_jax.media.video.sample_indices`): ``frames`` uniform frames (default 128), or ``fps`` frames per
+    second capped at ``frames`` (over the cap: ``frames`` uniform frames). ``.indices`` holds the choice."""
+    if fps is None:
+        return VideoStream(path, num_frames=frames or DEFAULT_FRAMES, size=size, batch=_DECODE_BATCH)
+    return VideoStream(path, fps=fps, size=size, batch=_DECODE_BATCH, max_frames=frames)
 
 
 def read_frames(path: str, size: int, frames: int | None, fps: float | None) -> np.ndarray:
-    """uint8 [F, size, size, 3]: ``frames`` uniform frames, or ``fps`` frames per second (capped at ``frames``)."""
-    if fps is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a video shorter than `frames`: all its frames are used
-            return load_video(path, frames or DEFAULT_FRAMES, size=size)[0]
-    vr = open_video(path)
-    idx = fps_indices(len(vr), float(vr.get_avg_fps() or 0.0), fps, frames)
-    out = np.empty((len(idx), size, size, 3), np.uint8)
-    for s in range(0, len(idx), _DECODE_BATCH):
-        try:
-            part = vr.get_batch(idx[s:s + _DECODE_BATCH]).asnumpy()
-        except Exception as e:  # decord raises its own types
-            raise VideoError(f"cannot decode frames of {path}: {type(e).__name__}") from None
-        out[s:s + len(part)] = resize_crop_frames(part, size)
+    """uint8 [F, size, size, 3] of :func:`open_frames` (a video shorter than ``frames``: all its frames)."""
+    stream = open_frames(path, size, frames, fps)
+    out = np.empty((len(stream), size, size, 3), np.uint8)
+    start = 0
+    for part in stream:
+        out[start:start + len(part)] = part
+        start += len(part)
     return out
 
 

@@ -2,11 +2,13 @@
 
     frames, info = load_video("clip.mp4", num_frames=128)   # uint8 [F, H, W, 3] RGB
 
-Frame indices are ``np.linspace(0, total - 1, F, dtype=int)``: uniform, both ends included, truncated
-(as the original demo / eval code). Long videos stream: ``VideoStream(path, fps=1, size=336)`` yields a
-batch of frames at a time (uniform ``num_frames`` or a fixed ``fps``), ``iter_frame_chunks`` batches any
-frame iterator, ``read_raw_frames`` reads a raw RGB24 pipe or growing file (live input). Bad input raises ``VideoError`` (a ``ValueError``) with one
-readable line naming the problem.
+Frame indices come from :func:`sample_indices`, the one sampling rule of the package (inference, streaming,
+evaluation, training data): ``num_frames`` uniform (``np.linspace(0, total - 1, F, dtype=int)``, both ends
+included, truncated, as the original demo / eval code), or a fixed ``fps`` (every ``round(native / fps)``-th
+frame, the original's training rule), optionally capped. Long videos stream: ``VideoStream(path, fps=1,
+size=336)`` yields a batch of frames at a time, ``iter_frame_chunks`` batches any frame iterator,
+``read_raw_frames`` reads a raw RGB24 pipe or growing file (live input). Bad input raises ``VideoError``
+(a ``ValueError``) with one readable line naming the problem.
 """
 
 from __future__ import annotations
@@ -26,18 +28,45 @@ class VideoError(ValueError):
     """A video that cannot be used: missing, unreadable, no video stream, or no frames."""
 
 
-def sample_indices(total: int, num_frames: int) -> np.ndarray:
-    """Indices of ``num_frames`` frames spread uniformly over ``total`` (endpoints included, truncated).
+def fps_step(native_fps: float | None, fps: float) -> int:
+    """Frames of the source per kept frame when sampling ``fps`` frames per second from a video at ``native_fps``:
+    ``round(native_fps / fps)``, at least 1 (1 when the native rate is unknown, i.e. None or 0). The original's
+    training rule (``process_video_with_pyav``); a live stream at ``native_fps`` keeps every ``fps_step``-th frame."""
+    if not fps or fps <= 0:
+        raise VideoError(f"fps must be positive, got {fps}")
+    return max(1, int(round(native_fps / fps))) if native_fps and native_fps > 0 else 1
 
-    Asking for more frames than there are returns every frame once (``arange(total)``).
+
+def sample_indices(total_frames: int, native_fps: float | None = None, *, num_frames: int | None = None,
+                   fps: float | None = None, max_frames: int | None = None) -> np.ndarray:
+    """The one frame-sampling rule (docs/algorithm.md §8-§9) -> int64 indices [F], increasing.
+
+    - ``num_frames`` (uniform count, inference / evaluation): ``np.linspace(0, total - 1, F, dtype=int)``,
+      endpoints included, truncated; asking for at least ``total`` frames gives every frame once.
+    - ``fps`` (fixed rate, streaming / training / evaluation ``--fps``): every :func:`fps_step`-th frame from
+      the first (``native_fps`` is the video's average rate; unknown -> every frame).
+    - ``max_frames`` (the cap, training's ``frames_upbound``): when the fps rule gives more frames, the video is
+      sampled uniformly instead, ``linspace(0, total - 1, max_frames)`` over all its frames, as the original's
+      training does. With ``num_frames`` the count is capped at ``max_frames``.
+    Exactly one of ``num_frames`` / ``fps``. Bad arguments raise :class:`VideoError` (a ``ValueError``).
     """
-    if total <= 0:
-        raise VideoError(f"the video has no frames (total={total})")
+    if total_frames <= 0:
+        raise VideoError(f"the video has no frames (total={total_frames})")
+    if (num_frames is None) == (fps is None):
+        raise VideoError("give either num_frames (uniform sampling) or fps (frames per second)")
+    if max_frames is not None and max_frames < 1:
+        raise VideoError(f"the frame cap must be >= 1, got {max_frames}")
+    if fps is not None:
+        idx = np.arange(0, total_frames, fps_step(native_fps, fps), dtype=np.int64)
+        if max_frames is None or len(idx) <= max_frames:
+            return idx
+        num_frames = max_frames
     if num_frames <= 0:
         raise VideoError(f"number of frames must be >= 1, got {num_frames}")
-    if num_frames >= total:
-        return np.arange(total, dtype=np.int64)
-    return np.linspace(0, total - 1, num_frames, dtype=int)
+    count = num_frames if max_frames is None else min(num_frames, max_frames)
+    if count >= total_frames:
+        return np.arange(total_frames, dtype=np.int64)
+    return np.linspace(0, total_frames - 1, count, dtype=np.int64)
 
 
 @contextlib.contextmanager
@@ -97,30 +126,19 @@ def open_video(path):
     return vr
 
 
-def fps_indices(total: int, avg_fps: float, fps: float) -> np.ndarray:
-    """Indices of the frames kept when sampling ``fps`` frames per second from a video of ``total`` frames at
-    ``avg_fps``: every ``round(avg_fps / fps)``-th frame from the first (every frame when the video is slower or
-    its rate is unknown), as the training pipeline's 1-fps sampling."""
-    if total <= 0:
-        raise VideoError(f"the video has no frames (total={total})")
-    if not fps or fps <= 0:
-        raise VideoError(f"fps must be positive, got {fps}")
-    step = max(1, int(round(avg_fps / fps))) if avg_fps and avg_fps > 0 else 1
-    return np.arange(0, total, step, dtype=np.int64)
-
-
 class VideoStream:
     """A video file read a batch of frames at a time: iterate for uint8 chunks [n, H, W, 3] (or
     [n, size, size, 3] resized + center-cropped with ``size``), in order, ``batch`` frames each.
 
-    Sampling: ``num_frames`` uniform frames (:func:`sample_indices`) or ``fps`` frames per second
-    (:func:`fps_indices`). Only one batch of decoded frames exists at a time, so memory does not grow with
-    the video's length. ``len(stream)`` and ``stream.indices`` are known before reading; ``stream.info`` as
+    Sampling (:func:`sample_indices`, the rule evaluation and training use too): ``num_frames`` uniform
+    frames, or ``fps`` frames per second; ``max_frames`` caps either (over the cap, ``fps`` sampling becomes
+    uniform). Only one batch of decoded frames exists at a time, so memory does not grow with the video's
+    length. ``len(stream)`` and ``stream.indices`` are known before reading; ``stream.info`` as
     :func:`load_video`'s.
     """
 
     def __init__(self, path, num_frames: int | None = None, fps: float | None = None, size: int | None = None,
-                 batch: int = 16):
+                 batch: int = 16, max_frames: int | None = None):
         if (num_frames is None) == (fps is None):
             raise VideoError("give either num_frames (uniform sampling) or fps (frames per second)")
         if num_frames is not None and (int(num_frames) != num_frames or num_frames < 1):
@@ -131,10 +149,8 @@ class VideoStream:
         self._vr = open_video(path)
         total = len(self._vr)
         avg_fps = float(self._vr.get_avg_fps() or 0.0)
-        if num_frames is not None:
-            self.indices = sample_indices(total, int(num_frames))
-        else:
-            self.indices = fps_indices(total, avg_fps, float(fps))
+        self.indices = sample_indices(total, avg_fps, num_frames=None if num_frames is None else int(num_frames),
+                                      fps=None if fps is None else float(fps), max_frames=max_frames)
         first = self._vr[0].shape
         self.info = {"path": self.path, "total_frames": total, "fps": avg_fps,
                      "duration_s": total / avg_fps if avg_fps > 0 else None, "indices": self.indices.tolist(),
@@ -187,8 +203,6 @@ def read_raw_frames(stream, width: int, height: int, follow: float = 0.0, poll: 
     ``stream``: a binary file object or a path. At end of data the reader stops, or with ``follow`` > 0 waits
     for more (a growing file) and stops after ``follow`` seconds without new bytes.
     """
-    import time
-
     frame_bytes = width * height * 3
     own = not hasattr(stream, "read")
     f = open(stream, "rb") if own else stream
@@ -229,7 +243,7 @@ def load_video(path, num_frames: int, size: int | None = None, batch: int = 32) 
     num_frames = int(num_frames)
     vr = open_video(path)
     total = len(vr)
-    idx = sample_indices(total, num_frames)
+    idx = sample_indices(total, num_frames=num_frames)
     clipped = num_frames > total
     if clipped:
         warnings.warn(f"{num_frames} frames requested but {path} has only {total}: using all {total} frames",
