@@ -83,3 +83,44 @@ def append(mem: KVMemory, k_pre, v, count, *, theta: float, kind: str) -> KVMemo
     field = {"prefix": "n_prefix", "beacons": "n_beacons", "text": "n_text"}[kind]
     upd[field] = upd[field] + count
     return mem.replace(k=new_k, v=new_v, length=mem.length + count, **upd)
+
+
+# ---------------------------------------------------------------------------- whole-memory operations (host side)
+
+
+def bucket(n: int, step: int) -> int:
+    """The size bucket of ``n``: the smallest positive multiple of ``step`` that holds it (limits recompiles)."""
+    return max(step, -(-int(n) // step) * step)
+
+
+def grow(mem: KVMemory, slots: int) -> KVMemory:
+    """``mem`` with a slot axis of exactly ``slots`` if it has fewer (zero slots at the end), else ``mem``."""
+    extra = slots - mem.capacity
+    if extra <= 0:
+        return mem
+    pad = [(0, 0), (0, 0), (0, extra), (0, 0), (0, 0)]
+    return mem.replace(k=jnp.pad(mem.k, pad), v=jnp.pad(mem.v, pad))
+
+
+def take_rows(mem: KVMemory, rows, capacity: int | None = None) -> KVMemory:
+    """A new memory of the batch rows ``rows`` (B ints, repeats allowed) of ``mem``, cut or grown to
+    ``capacity`` slots (default: as ``mem``). Always fresh buffers: it may be donated."""
+    idx = jnp.asarray(rows, jnp.int32)
+    cap = mem.capacity if capacity is None else capacity
+    out = KVMemory(mem.k[:, idx, :cap], mem.v[:, idx, :cap], mem.length[idx], mem.n_prefix[idx],
+                   mem.n_beacons[idx], mem.n_text[idx])
+    return grow(out, cap)
+
+
+def concat_rows(mems: list[KVMemory], capacity: int) -> KVMemory:
+    """Memories (batch b_i each, any capacities holding their filled slots) -> one memory of batch sum(b_i) and
+    ``capacity`` slots."""
+    mems = [grow(m, capacity) for m in mems]
+    mems = [m.replace(k=m.k[:, :, :capacity], v=m.v[:, :, :capacity]) for m in mems]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1 if xs[0].ndim == 5 else 0), *mems)
+
+
+def drop_text(mem: KVMemory, n) -> KVMemory:
+    """The memory read up to before its last ``n`` text slots (int, or [B]): the memory is append-only, so this
+    view shares the K/V buffers (the video memory of a prefill, without a copy)."""
+    return mem.replace(length=mem.length - n, n_text=mem.n_text - n)

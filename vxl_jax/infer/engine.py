@@ -12,14 +12,12 @@ import functools
 import time
 
 import jax
-import numpy as np
 from flax import nnx
 
 from vxl_jax.runtime import sharding as sh
 from vxl_jax.beacon.text import text_step
 from vxl_jax.beacon.windows import compress_windows
 from vxl_jax.infer.decode import decode_chunk
-from vxl_jax.infer.decode_window import cut, paste, window_size, window_step
 from vxl_jax.beacon.memory import KVMemory
 
 
@@ -28,18 +26,6 @@ def _text_chunk(graphdef, state, mem: KVMemory, ids, n, *, kind: str):
     model = nnx.merge(graphdef, state)
     hidden, mem = text_step(model, mem, model.lm.embed_tokens(ids, model.compute_dtype), n, kind=kind)
     return model.lm.logits(hidden), mem
-
-
-def _window_token(graphdef, state, win, ids, n, *, kind: str):
-    """The decode loop's text step over a :class:`~vxl_jax.infer.decode_window.DecodeWindow` (one token per row)."""
-    assert kind == "text" and ids.shape[1] == 1, (kind, ids.shape)
-    return window_step(nnx.merge(graphdef, state), win, ids, n)
-
-
-def _decode_in_window(graphdef, state, mem: KVMemory, *args, window: int, chunk: int, **kw):
-    """:func:`decode_chunk` over a window of the memory's first ``window`` slots, written back at the end."""
-    out = decode_chunk(graphdef, state, cut(mem, window), *args, chunk=chunk, feed=_window_token, **kw)
-    return out[:3] + (paste(mem, out[3], chunk),) + out[4:]
 
 
 def _windows(graphdef, state, mem, windows, n_valid, ratio_idx, *, ratios, from_pixels, keep):
@@ -74,32 +60,17 @@ def _trim_host_heap() -> None:
         libc.malloc_trim(0)
 
 
-def decodes_in_window(platform: str, attention: str) -> bool:
-    """Whether decoding reads a :class:`~vxl_jax.infer.decode_window.DecodeWindow` (the filled memory copied once
-    per call) rather than the memory itself. On CPU, yes: XLA:CPU copies every slice of the stacked memory
-    that feeds a matrix product, per token and layer. Elsewhere, no: on TPU the ``pallas`` kernel reads
-    its memory tiles in place (and XLA fuses slices into their consumers), so a window would only add a
-    copy of the memory, and the memory is what decides how long a video fits a chip; GPUs are not
-    measured yet. The ``reference`` backend never does (it is the reference)."""
-    return platform == "cpu" and attention != "reference"
-
-
 class Engine:
     """Holds ``(graphdef, state)`` and a cache of compiled steps."""
 
-    def __init__(self, model, mesh=None, rules=sh.INFERENCE_PRESET, decode_window: bool | None = None):
+    def __init__(self, model, mesh=None, rules=sh.INFERENCE_PRESET):
         """``mesh``: a ``(data, fsdp, tensor)`` Mesh (see :func:`vxl_jax.runtime.sharding.inference_mesh`) or None
         (one device). With a mesh the parameters are placed by ``rules``, every step is traced under
         :class:`~vxl_jax.runtime.sharding.activation_sharding`, memories are kept on their memory shardings and
-        the other inputs / outputs are replicated. ``decode_window``: see :func:`decodes_in_window` (None:
-        decided by the platform and the attention backend)."""
+        the other inputs / outputs are replicated."""
         self.graphdef, self.state = nnx.split(model)
         self.cfg = model.cfg
         self.mesh, self.rules = mesh, rules
-        if decode_window is None:
-            platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
-            decode_window = decodes_in_window(platform, self.cfg.runtime.attention)
-        self.decode_window = bool(decode_window)
         if mesh is not None:
             self.state = sh.shard_state(self.state, mesh, rules)
         self._compiled: dict = {}
@@ -150,17 +121,12 @@ class Engine:
     def decode(self, mem: KVMemory, last, seen, key, stops, remaining, *, params, chunk: int,
                return_logits: bool = False):
         """Up to ``chunk`` tokens in one compiled loop (:func:`vxl_jax.infer.decode.decode_chunk`); the memory
-        and the seen mask are donated. With ``decode_window`` the tokens read and write a window of the
-        memory's filled slots (:mod:`vxl_jax.infer.decode_window`; one compilation per window size, a multiple of
-        ``WINDOW_STEP``), else the text step over the memory. One compilation per memory capacity, chunk
-        and sampling setting."""
-        static = {"params": params, "chunk": chunk, "return_logits": return_logits}
-        if self.decode_window:
-            fn, static["window"] = _decode_in_window, window_size(int(np.max(np.asarray(mem.length))), chunk,
-                                                                  mem.capacity)
-        else:
-            fn, static["feed"] = decode_chunk, _text_chunk
-        return self._run("decode", fn, static, self.state, mem, last, seen, key, stops, remaining, donate=(1, 3))
+        and the seen mask are donated. Each token is the text step over the memory (the attention backend of
+        ``runtime.attention``, as every other step). One compilation per memory capacity, chunk and sampling
+        setting."""
+        static = {"params": params, "chunk": chunk, "return_logits": return_logits, "feed": _text_chunk}
+        return self._run("decode", decode_chunk, static, self.state, mem, last, seen, key, stops, remaining,
+                         donate=(1, 3))
 
     def windows(self, mem, windows, n_valid, ratio_idx, *, ratios, from_pixels: bool, keep: bool = True):
         out = self._run("windows", _windows, {"ratios": tuple(ratios), "from_pixels": from_pixels, "keep": keep},

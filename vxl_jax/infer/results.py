@@ -1,6 +1,5 @@
-"""What the inference API returns and keeps, and the shape rules shared by ``VideoXL``, sessions and batched
-answering: the video memory and prefill result types, the prompt split around the video placeholder, the
-memory-capacity buckets."""
+"""What the inference API returns and keeps: the video memory, prefill and generate result types, and the
+prompt split around the video placeholder."""
 
 from __future__ import annotations
 
@@ -8,16 +7,10 @@ import dataclasses
 from types import MappingProxyType
 from typing import Any, Mapping
 
-import jax.numpy as jnp
 import numpy as np
 
 from vxl_jax.text.constants import IMAGE_TOKEN_INDEX
 from vxl_jax.beacon.memory import KVMemory
-
-SLOT_BUCKET = 256  # memory capacity and prompt lengths are rounded up to limit recompilation
-TEXT_BUCKET = 16
-FRAME_CALL_WINDOWS = 2  # windows of frames per scan call: bounds the frames staged on the host/device at once
-
 
 @dataclasses.dataclass
 class VideoMemory:
@@ -69,10 +62,6 @@ class GenerateOutput:
         return MappingProxyType({**self.prompt, **self.decode})
 
 
-def round_up(n: int, m: int) -> int:
-    return max(m, -(-n // m) * m)
-
-
 def split_prompt(input_ids) -> tuple[np.ndarray, np.ndarray | None]:
     """1-D ids -> (prefix, suffix) around the single -200 placeholder, or (ids, None) if there is none."""
     ids = np.asarray(input_ids)
@@ -87,23 +76,3 @@ def split_prompt(input_ids) -> tuple[np.ndarray, np.ndarray | None]:
         return ids.astype(np.int32), None
     p = int(where[0])
     return ids[:p].astype(np.int32), ids[p + 1:].astype(np.int32)
-
-
-def chunk_sizes(n: int, largest: int = 8) -> list[int]:
-    """Split n windows into scan calls of sizes 8, 4, 2, 1 (few compilations, no padded windows)."""
-    sizes, size = [], largest
-    while n:
-        while size > n:
-            size //= 2
-        sizes.append(size)
-        n -= size
-    return sizes
-
-
-def ensure_capacity(mem: KVMemory, slots: int) -> KVMemory:
-    """Grow the memory buffer (zero slots at the end) so that it holds at least ``slots`` entries."""
-    if mem.capacity >= slots:
-        return mem
-    extra = round_up(slots, SLOT_BUCKET) - mem.capacity
-    pad = [(0, 0), (0, 0), (0, extra), (0, 0), (0, 0)]
-    return mem.replace(k=jnp.pad(mem.k, pad), v=jnp.pad(mem.v, pad))

@@ -9,7 +9,8 @@
 
 The runtime state is explicit: :class:`SessionState` (memory of every *complete* window, the frames of
 the incomplete last window still pending, the step-random generator's state). :class:`Session` only
-pairs a state with the model; every step is a function ``(vx, state, ...) -> state``.
+pairs a state with the model; every step is a function ``(core, state, ...) -> state`` over the
+inference core (:class:`vxl_jax.infer.core.InferenceCore`), whose window loop compresses the frames.
 
 Asking compresses the pending frames as the original's clipped last window (``n < window`` visual
 tokens, ``n // r`` beacons kept) into a *copy* of the memory, so the same frames are compressed again,
@@ -25,18 +26,14 @@ first draw after the complete windows) for later questions and for the window on
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from vxl_jax.beacon.memory import KVMemory, drop_text, grow, take_rows
 from vxl_jax.beacon.ratios import ORIGINAL_RATIO_SEED, check_ratio, pick_ratio
-from vxl_jax.beacon.memory import KVMemory
-from vxl_jax.infer.memory_file import FORMAT, _geometry, load_memory
-from vxl_jax.media.preprocess import resize_crop_frames
-from vxl_jax.infer.results import FRAME_CALL_WINDOWS, TEXT_BUCKET, PrefillResult, VideoMemory, ensure_capacity
+from vxl_jax.infer import memory_file
+from vxl_jax.infer.core import TEXT_BUCKET, InferenceCore, Row, VideoInput, capacity, stage_frames, video_input
+from vxl_jax.infer.results import PrefillResult, VideoMemory
 
 DEFAULT_SEED = ORIGINAL_RATIO_SEED  # the original's step-random generator: numpy default_rng(42)
 
@@ -70,31 +67,22 @@ class SessionState:
 # ---------------------------------------------------------------------------- pure steps
 
 
-def start(vx, prefix_ids, ratio=None, seed: int = DEFAULT_SEED) -> SessionState:
+def start(core: InferenceCore, prefix_ids, ratio=None, seed: int = DEFAULT_SEED) -> SessionState:
     """A session whose prompt starts with ``prefix_ids`` (1-D ids before the video; no -200)."""
     prefix = np.asarray(prefix_ids if prefix_ids is not None else [], np.int64).reshape(-1)
     if (prefix < 0).any():
         raise ValueError("prefix_ids must be the token ids before the video (no -200 placeholder, no negative ids)")
     prefix = prefix.astype(np.int32)
-    ratio = check_ratio(vx.cfg.beacon, ratio)
+    ratio = check_ratio(core.cfg.beacon, ratio)
     rng_state = None if isinstance(ratio, int) else np.random.default_rng(seed).bit_generator.state
-    b = vx.cfg.beacon
-    kv = vx._empty_memory(len(prefix) + b.window // _min_ratio(ratio) + 2 * TEXT_BUCKET)
+    kv = core.empty_memory(1, len(prefix) + core.cfg.beacon.window // _min_ratio(ratio) + TEXT_BUCKET)
     if len(prefix):
-        _, kv = vx._text(kv, prefix, "prefix", donate=True)
+        _, kv = core.text(kv, [prefix], "prefix", donate=True)
     return SessionState(kv, prefix, None, 0, ratio, rng_state)
 
 
 def _min_ratio(ratio) -> int:
     return ratio if isinstance(ratio, int) else min(ratio)
-
-
-def _window_rows(vx, pixel_values) -> np.ndarray:
-    """Frames in any form ``prefill`` accepts -> window input rows (uint8 [F, S, S, 3] or float32 [F, 3, S, S])."""
-    px = vx._pixels(pixel_values, keep_uint8=True)
-    if px.dtype == np.uint8:
-        return resize_crop_frames(px, size=vx.cfg.vision.image_size)
-    return px
 
 
 def _pick(ratio, rng_state, stride: int, window_index: int) -> tuple[int, dict | None]:
@@ -108,29 +96,24 @@ def _pick(ratio, rng_state, stride: int, window_index: int) -> tuple[int, dict |
 
 
 def _grow(kv: KVMemory, slots: int) -> KVMemory:
-    """At least ``slots`` capacity; grows geometrically (few distinct capacities: few compilations)."""
-    return kv if kv.capacity >= slots else ensure_capacity(kv, max(slots, 2 * kv.capacity))
+    """Room for ``slots`` filled slots (:func:`~vxl_jax.infer.core.capacity`), growing geometrically (few
+    distinct capacities over a long stream: few compilations)."""
+    need = capacity(slots)
+    return kv if kv.capacity >= need else grow(kv, max(need, 2 * kv.capacity))
 
 
-def _compress(vx, kv: KVMemory, rows: np.ndarray, counts, picks) -> KVMemory:
-    """Windows of input ``rows`` (len(counts) * frames_per_window rows, zero-padded here) -> memory (donated)."""
-    b = vx.cfg.beacon
-    per = b.frames_per_window
-    n = len(counts)
-    if len(rows) < n * per:
-        rows = np.concatenate([rows, np.zeros((n * per - len(rows), *rows.shape[1:]), rows.dtype)])
-    dtype = np.uint8 if rows.dtype == np.uint8 else vx._dtype
-    inputs = jnp.asarray(rows.reshape(n, 1, per, *rows.shape[1:]), dtype)
+def _compress(core: InferenceCore, kv: KVMemory, rows: np.ndarray, picks) -> KVMemory:
+    """``rows`` (staged frames of len(picks) windows, the last one possibly partial) compressed with the
+    ratios ``picks`` through the core's window loop -> memory (donated)."""
     distinct = tuple(sorted(set(picks)))
     idx = np.array([distinct.index(r) for r in picks], np.int32)
-    return vx.engine.windows(kv, inputs, jnp.asarray(np.asarray(counts, np.int32)[:, None]), jnp.asarray(idx),
-                             ratios=distinct, from_pixels=True)
+    return core.feed_windows(kv, [VideoInput(rows, from_pixels=True)], distinct, idx)
 
 
-def add_frames(vx, state: SessionState, pixel_values) -> SessionState:
+def add_frames(core: InferenceCore, state: SessionState, pixel_values) -> SessionState:
     """Append frames; every window they complete is compressed now (its memory is donated: keep no
     reference to the old state's ``kv``)."""
-    rows = _window_rows(vx, pixel_values)
+    rows = stage_frames(core.cfg, video_input(core.cfg, pixel_values).data)
     added = len(rows)
     pending = state.pending
     if pending is not None and len(pending) and (pending.dtype != rows.dtype or pending.shape[1:] != rows.shape[1:]):
@@ -138,69 +121,49 @@ def add_frames(vx, state: SessionState, pixel_values) -> SessionState:
                          f"{pending.shape[1:]}, new ones {rows.dtype} {rows.shape[1:]}")
     if pending is not None and len(pending):
         rows = np.concatenate([pending, rows])
-    b = vx.cfg.beacon
+    b = core.cfg.beacon
     per = b.frames_per_window
     complete = len(rows) // per
-    kv, rng_state, ratios = state.kv, state.rng_state, state.ratios
-    done = 0
-    while done < complete:
-        n = min(FRAME_CALL_WINDOWS, complete - done)
-        picks = []
-        for w in range(n):
-            r, rng_state = _pick(state.ratio, rng_state, b.window, len(ratios) + w)
-            picks.append(r)
-        kv = _grow(kv, int(np.asarray(kv.length)[0]) + sum(b.window // r for r in picks) + 2 * TEXT_BUCKET)
-        kv = _compress(vx, kv, rows[done * per:(done + n) * per], [b.window] * n, picks)
-        ratios += tuple(picks)
-        done += n
+    rng_state, picks = state.rng_state, []
+    for w in range(complete):
+        r, rng_state = _pick(state.ratio, rng_state, b.window, state.windows + w)
+        picks.append(r)
+    kv = state.kv
+    if complete:
+        kv = _grow(kv, int(np.asarray(kv.length)[0]) + sum(b.window // r for r in picks))
+        kv = _compress(core, kv, rows[:complete * per], picks)
     rest = rows[complete * per:]
     pending = np.array(rest) if len(rest) else rows[:0].copy()  # own copy: the caller's array may change
     return dataclasses.replace(state, kv=kv, pending=pending, frames=state.frames + added, rng_state=rng_state,
-                               ratios=ratios)
+                               ratios=state.ratios + tuple(picks))
 
 
-def _fresh(kv: KVMemory, session_kv: KVMemory) -> KVMemory:
-    """``kv`` with every buffer it shares with the session's memory copied (steps donate their memory)."""
-    return jax.tree.map(lambda new, old: jnp.array(new, copy=True) if new is old else new, kv, session_kv)
-
-
-def video_memory(vx, state: SessionState, extra_slots: int = 0, fresh: bool = False):
+def video_memory(core: InferenceCore, state: SessionState, extra_slots: int = 0, fresh: bool = False):
     """-> (VideoMemory of the video so far, per-window ratios). The pending frames are compressed as a clipped
     last window into a copy of the memory; the state is unchanged. ``extra_slots``: room for text after it.
     ``fresh``: the memory shares no buffer with the session's (it may be donated)."""
-    b = vx.cfg.beacon
+    b = core.cfg.beacon
     length = int(np.asarray(state.kv.length)[0])
-    ratios = state.ratios
-    kv = state.kv
+    ratios, kv = state.ratios, state.kv
     if state.pending_frames:
         n_valid = state.pending_frames * b.tokens_per_frame
         r, _ = _pick(state.ratio, state.rng_state, n_valid, state.windows)
-        need = length + n_valid // r + extra_slots
-        kv = _compress(vx, _fresh(_grow(kv, need), state.kv), state.pending, [n_valid], [r])
+        copy = take_rows(kv, [0], max(kv.capacity, capacity(length + n_valid // r + extra_slots)))
+        kv = _compress(core, copy, state.pending, [r])
         ratios += (r,)
-    else:
-        kv = _grow(kv, length + extra_slots)
-        kv = _fresh(kv, state.kv) if fresh else kv
+    elif fresh or kv.capacity < capacity(length + extra_slots):
+        kv = take_rows(kv, [0], max(kv.capacity, capacity(length + extra_slots)))
     visual = state.frames * b.tokens_per_frame
     return VideoMemory(kv, state.prompt_ids, state.frames, visual), ratios
 
 
-def prefill(vx, state: SessionState, suffix_ids):
+def prefill(core: InferenceCore, state: SessionState, suffix_ids) -> PrefillResult:
     """Logits of ``suffix_ids`` (the text after the video seen so far) -> ``PrefillResult``."""
     suffix = _suffix(suffix_ids)
-    vm, ratios = video_memory(vx, state, extra_slots=len(suffix) + TEXT_BUCKET, fresh=True)
-    logits, mem = vx._text(vm.kv, suffix, "text", donate=True)
-    # the video memory shares the result's K/V (append-only), as in VideoXL.prefill
-    n = len(suffix)
-    vm = dataclasses.replace(vm, kv=mem.replace(length=mem.length - n, n_text=mem.n_text - n))
-    return PrefillResult(np.asarray(logits, np.float32), mem, vm, ratios)
-
-
-def generate(vx, state: SessionState, suffix_ids, max_new_tokens: int | None = None, **kwargs):
-    """New ids for ``suffix_ids`` after the video seen so far (keywords as ``VideoXL.generate``)."""
-    suffix = _suffix(suffix_ids)
-    vm, _ = video_memory(vx, state)
-    return vx.generate(suffix, None, max_new_tokens=max_new_tokens, memory=vm, **kwargs)
+    vm, ratios = video_memory(core, state)
+    p = core.prompt([Row.over_memory(vm, suffix)])
+    video = dataclasses.replace(vm, kv=drop_text(p.memory, len(suffix)))  # shares the result's K/V (append-only)
+    return PrefillResult(p.row_logits(0), p.memory, video, ratios)
 
 
 def _suffix(suffix_ids) -> np.ndarray:
@@ -215,54 +178,43 @@ def _suffix(suffix_ids) -> np.ndarray:
 # ---------------------------------------------------------------------------- persistence
 
 
-def save(vx, state: SessionState, path) -> None:
+def save(core: InferenceCore, state: SessionState, path, fingerprint: str) -> None:
     """One safetensors file: the memory's valid slots (readable by ``VideoXL.load_memory`` as the video memory of
     the complete windows) and the pending frames, with the session's ratio and generator state."""
-    from safetensors.numpy import save_file
-
-    kv = state.kv
-    n = int(np.asarray(kv.length)[0])
-    tensors = {"k": np.asarray(kv.k[:, 0, :n].astype(jnp.float32)), "v": np.asarray(kv.v[:, 0, :n].astype(jnp.float32))}
-    if state.pending_frames:
-        tensors["pending"] = np.ascontiguousarray(state.pending)
-    extra = {"prompt_ids": [int(i) for i in state.prompt_ids], "frames": state.frames - state.pending_frames,
-             "visual_tokens": (state.frames - state.pending_frames) * vx.cfg.beacon.tokens_per_frame}
+    done = state.frames - state.pending_frames
     session = {"ratio": state.ratio if isinstance(state.ratio, int) else list(state.ratio),
                "rng_state": state.rng_state, "ratios": list(state.ratios), "frames": state.frames,
                "pending_form": None if state.pending is None else str(state.pending.dtype)}
-    meta = {"format": FORMAT, "geometry": _geometry(vx.cfg), "dtype": str(kv.k.dtype), "sizes": kv.host_sizes(),
-            "extra": extra, "model_fingerprint": vx.fingerprint(), "session": session}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file(tensors, str(path), metadata={"vxl": json.dumps(meta)})
+    tensors = {"pending": np.ascontiguousarray(state.pending)} if state.pending_frames else {}
+    facts = memory_file.video_facts(state.prompt_ids, done, done * core.cfg.beacon.tokens_per_frame)
+    memory_file.save_memory(path, state.kv, core.cfg, extra=facts, fingerprint=fingerprint, tensors=tensors,
+                            meta={"session": session})
 
 
-def load(vx, path, ratio=None, seed: int = DEFAULT_SEED) -> SessionState:
-    """Read :func:`save`'s file (or a plain ``save_memory`` file: a session continuing that video memory, with
+def load(core: InferenceCore, path, fingerprint: str, ratio=None, seed: int = DEFAULT_SEED) -> SessionState:
+    """Read :func:`save`'s file (or a plain video memory file: a session continuing that video memory, with
     ``ratio`` for its next windows). Refused (``MemoryMismatchError``) if another model made it."""
-    from safetensors import safe_open
-
-    kv, extra = load_memory(path, vx.cfg, dtype=vx._dtype, fingerprint=vx.fingerprint())
-    with safe_open(str(path), "np") as f:
-        meta = json.loads((f.metadata() or {}).get("vxl", "{}"))
-        pending = f.get_tensor("pending") if "pending" in f.keys() else None
+    kv, meta, arrays = memory_file.read_memory_file(path, core.cfg, dtype=core.dtype, fingerprint=fingerprint)
+    extra = meta.get("extra", {})
     prompt_ids = np.asarray(extra.get("prompt_ids", []), np.int32)
     sess = meta.get("session")
     if sess is None:  # a video memory: continue it
-        r = check_ratio(vx.cfg.beacon, ratio)
+        r = check_ratio(core.cfg.beacon, ratio)
         rng_state = None if isinstance(r, int) else np.random.default_rng(seed).bit_generator.state
-        windows = vx.cfg.beacon.num_windows(int(extra.get("visual_tokens", 0)))
+        windows = core.cfg.beacon.num_windows(int(extra.get("visual_tokens", 0)))
         return SessionState(kv, prompt_ids, None, int(extra.get("frames", 0)), r, rng_state, (0,) * windows)
     r = sess["ratio"] if isinstance(sess["ratio"], int) else tuple(sess["ratio"])
-    if ratio is not None and check_ratio(vx.cfg.beacon, ratio) != r:
+    if ratio is not None and check_ratio(core.cfg.beacon, ratio) != r:
         raise ValueError(f"session {path} was made with ratio {r}, not {ratio}")
+    pending = arrays.get("pending")
     if pending is None and sess.get("pending_form"):
-        pending = np.zeros((0, *_form_shape(vx, sess["pending_form"])), sess["pending_form"])
+        pending = np.zeros((0, *_form_shape(core.cfg, sess["pending_form"])), sess["pending_form"])
     return SessionState(kv, prompt_ids, pending, int(sess["frames"]), r, sess["rng_state"], tuple(sess["ratios"]))
 
 
-def _form_shape(vx, dtype: str) -> tuple[int, ...]:
-    s = vx.cfg.vision.image_size
-    return (s, s, 3) if dtype == "uint8" else (vx.cfg.vision.num_channels, s, s)
+def _form_shape(cfg, dtype: str) -> tuple[int, ...]:
+    s = cfg.vision.image_size
+    return (s, s, 3) if dtype == "uint8" else (cfg.vision.num_channels, s, s)
 
 
 # ---------------------------------------------------------------------------- the user-facing object
@@ -275,22 +227,24 @@ class Session:
         self.vx, self.state = vx, state
 
     def add_frames(self, pixel_values) -> "Session":
-        self.state = add_frames(self.vx, self.state, pixel_values)
+        self.state = add_frames(self.vx.core, self.state, pixel_values)
         return self
 
-    def prefill(self, suffix_ids):
-        return prefill(self.vx, self.state, suffix_ids)
+    def prefill(self, suffix_ids) -> PrefillResult:
+        return prefill(self.vx.core, self.state, suffix_ids)
 
     def generate(self, suffix_ids, max_new_tokens: int | None = None, **kwargs):
-        return generate(self.vx, self.state, suffix_ids, max_new_tokens, **kwargs)
+        """New ids for ``suffix_ids`` after the video seen so far (keywords as ``VideoXL.generate``)."""
+        vm, _ = video_memory(self.vx.core, self.state)
+        return self.vx.generate(_suffix(suffix_ids), None, max_new_tokens=max_new_tokens, memory=vm, **kwargs)
 
-    def video_memory(self):
+    def video_memory(self) -> VideoMemory:
         """The video so far as a ``VideoMemory`` of its own (for ``VideoXL.generate(..., memory=...)`` or
         ``save_memory``); adding frames later leaves it as it is."""
-        return video_memory(self.vx, self.state, fresh=True)[0]
+        return video_memory(self.vx.core, self.state, fresh=True)[0]
 
     def save(self, path) -> None:
-        save(self.vx, self.state, path)
+        save(self.vx.core, self.state, path, self.vx.fingerprint())
 
     @property
     def frames(self) -> int:
