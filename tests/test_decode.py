@@ -1,26 +1,27 @@
 """On-device generation: the compiled decode loop against the host loop it replaced, the JAX logits
-processors against the numpy ones, and the sampler's distribution (statistically)."""
+processors against transformers' ones, and the sampler's distribution (statistically)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vxl_jax.infer.sampling import (SamplingParams, apply_repetition_penalty, choose, choose_jax, repetition_penalty_jax,
-                              seen_mask, warp, warp_jax)
+from tests.hf_sampling import hf_greedy, hf_probs, hf_scores
+from vxl_jax.infer.sampling import SamplingParams, choose_jax, repetition_penalty_jax, seen_mask, warp_jax
 
 
 def host_loop(vx, ids, pixels, *, max_new, params, stops, seed=0):
     """The host decoding loop ``VideoXL.generate`` used before on-device decoding (the reference):
-    one jitted one-token model call per token, numpy processors. -> (ids [n], logits [n, V], memory length)."""
+    one jitted one-token model call per token, greedy over transformers' processors (``params`` greedy).
+    -> (ids [n], logits [n, V], memory length)."""
+    assert not params.do_sample
     res = vx.prefill(ids, pixels, ratio=4, extra_slots=max_new + 16)
     mem, last = res.memory, res.logits[-1]
     seen = np.asarray(ids)[np.asarray(ids) >= 0]
-    rng = np.random.default_rng(seed)
     out, step_logits = [], []
     for i in range(max_new):
         step_logits.append(last)
-        tok = choose(last, np.concatenate([seen, np.asarray(out, np.int64)]), params, rng)
+        tok = hf_greedy(last, np.concatenate([seen, np.asarray(out, np.int64)]), params)
         out.append(tok)
         if tok in stops or i == max_new - 1:
             break
@@ -83,7 +84,7 @@ PARAMS = [
 
 
 @pytest.mark.parametrize("p", PARAMS + [SamplingParams(repetition_penalty=1.2)], ids=str)
-def test_processors_equal_numpy(p):
+def test_processors_equal_transformers(p):
     rng = np.random.default_rng(3)
     logits = (rng.normal(size=(6, 300)) * 3).astype(np.float32)
     seen = [rng.integers(0, 300, int(n)) for n in rng.integers(0, 40, 6)]
@@ -93,19 +94,10 @@ def test_processors_equal_numpy(p):
     greedy = np.asarray(choose_jax(jnp.asarray(logits), mask, SamplingParams(repetition_penalty=p.repetition_penalty),
                                    jax.random.PRNGKey(0)))
     for row in range(6):
-        pen = apply_repetition_penalty(logits[row], seen[row], p.repetition_penalty)
-        ref = warp(pen, p) if p.do_sample else pen
+        ref = hf_scores(logits[row], seen[row], p)
         np.testing.assert_array_equal(np.isinf(ours[row]), np.isinf(ref))
         np.testing.assert_allclose(ours[row][np.isfinite(ref)], ref[np.isfinite(ref)], atol=1e-6, rtol=1e-6)
-        assert greedy[row] == choose(logits[row], seen[row], SamplingParams(repetition_penalty=p.repetition_penalty),
-                                     np.random.default_rng(0))
-
-
-def exact_probs(logits, seen, p):
-    """The numpy reference's sampling distribution (as ``choose`` computes it) -> float64 [V]."""
-    scores = warp(apply_repetition_penalty(logits, seen, p.repetition_penalty), p).astype(np.float64)
-    probs = np.exp(scores - scores.max())
-    return probs / probs.sum()
+        assert greedy[row] == hf_greedy(logits[row], seen[row], SamplingParams(repetition_penalty=p.repetition_penalty))
 
 
 @pytest.mark.parametrize("p", PARAMS, ids=str)
@@ -115,7 +107,7 @@ def test_sampling_distribution(p):
     V, N = 64, 40000
     logits = (rng.normal(size=V) * 2).astype(np.float32)
     seen = rng.integers(0, V, 10)
-    probs = exact_probs(logits, seen, p)
+    probs = hf_probs(logits, seen, p)
     keys = jax.random.split(jax.random.PRNGKey(1), N)
     draw = jax.jit(jax.vmap(lambda k: choose_jax(jnp.asarray(logits), seen_mask(seen, V), p, k)))
     counts = np.bincount(np.asarray(draw(keys)), minlength=V)

@@ -1,11 +1,13 @@
 """Generation: cached decoding equals recomputation, saved memories, seeded sampling (HF equivalence: test_sampling_hf.py)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from vxl_jax.infer.api import VideoXL
 from vxl_jax.model import random_model
-from vxl_jax.infer.sampling import SamplingParams, choose
+from vxl_jax.infer.sampling import SamplingParams, choose_jax, seen_mask
 
 
 def test_cached_decoding_equals_recompute(vx, prompt):
@@ -82,9 +84,10 @@ def test_bad_prompts(vx, prompt):
 def test_sampling_is_seeded_and_respects_top_k():
     logits = np.linspace(0, 5, 100).astype(np.float32)
     p = SamplingParams(do_sample=True, temperature=1.0, top_k=3)
-    draws = [choose(logits, np.array([], np.int64), p, np.random.default_rng(s)) for s in range(40)]
+    draw = jax.jit(jax.vmap(lambda k: choose_jax(jnp.asarray(logits), seen_mask(np.array([], np.int64), 100), p, k)))
+    draws = np.asarray(draw(jax.random.split(jax.random.PRNGKey(0), 40))).tolist()
     assert set(draws) <= {97, 98, 99} and len(set(draws)) > 1
-    again = [choose(logits, np.array([], np.int64), p, np.random.default_rng(s)) for s in range(40)]
+    again = np.asarray(draw(jax.random.split(jax.random.PRNGKey(0), 40))).tolist()
     assert draws == again
 
 

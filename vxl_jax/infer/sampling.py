@@ -1,8 +1,8 @@
 """Next-token choice following HF's logits processors in their order: repetition penalty, then
 temperature, top-k, top-p (sampling only), then argmax or a draw.
 
-Two implementations with the same semantics: numpy on the host (``choose``, the reference) and JAX
-on device (``choose_jax``, used inside the compiled decode loop of :mod:`vxl_jax.infer.decode`)."""
+In JAX, on device (``choose_jax``, used inside the compiled decode loop of :mod:`vxl_jax.infer.decode`);
+tests compare it with transformers' processors (tests/test_sampling_hf.py, tests/test_decode.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,49 +31,6 @@ class SamplingParams:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
 
-def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
-    """Seen tokens: negative logits multiplied by ``penalty``, positive ones divided (HF semantics)."""
-    if penalty == 1.0 or seen.size == 0:
-        return logits
-    ids = np.unique(seen[(seen >= 0) & (seen < logits.shape[-1])])
-    out = logits.copy()
-    s = out[ids]
-    out[ids] = np.where(s < 0, s * penalty, s / penalty)
-    return out
-
-
-def warp(logits: np.ndarray, p: SamplingParams) -> np.ndarray:
-    """Temperature, top-k, top-p filtering (filtered entries become -inf)."""
-    out = logits / p.temperature if p.temperature != 1.0 else logits.copy()
-    if p.top_k and p.top_k < out.shape[-1]:
-        kth = np.partition(out, -p.top_k)[-p.top_k]
-        out = np.where(out < kth, -np.inf, out)
-    if p.top_p < 1.0:
-        order = np.argsort(out, kind="stable")  # ascending, as HF
-        sorted_logits = out[order]
-        probs = np.exp(sorted_logits - sorted_logits.max())
-        probs /= probs.sum()
-        remove = np.cumsum(probs) <= 1.0 - p.top_p
-        remove[-1] = False  # keep at least one token
-        out = out.copy()
-        out[order[remove]] = -np.inf
-    return out
-
-
-def choose(logits: np.ndarray, seen: np.ndarray, p: SamplingParams, rng: np.random.Generator) -> int:
-    """logits [V] fp32 -> next token id."""
-    scores = apply_repetition_penalty(np.asarray(logits, np.float32), seen, p.repetition_penalty)
-    if not p.do_sample:
-        return int(np.argmax(scores))
-    scores = warp(scores, p).astype(np.float64)
-    probs = np.exp(scores - scores.max())
-    probs /= probs.sum()
-    return int(rng.choice(probs.shape[-1], p=probs))
-
-
-# ---------------------------------------------------------------------------- on device (JAX)
-
-
 def seen_mask(ids, vocab: int) -> jax.Array:
     """ids [N] (any ints; those outside [0, vocab) ignored) -> bool [vocab], True where an id occurs."""
     ids = jnp.asarray(ids, jnp.int32).reshape(-1)
@@ -83,8 +39,9 @@ def seen_mask(ids, vocab: int) -> jax.Array:
 
 
 def _divide(x: jax.Array, c: float) -> jax.Array:
-    """x / c rounded as numpy does. XLA turns a division by a broadcast scalar into a multiply by its
-    reciprocal (1 ulp off); a full-shaped divisor behind an optimization barrier keeps a true division."""
+    """x / c rounded as a true division (as numpy and torch). XLA turns a division by a broadcast scalar into
+    a multiply by its reciprocal (1 ulp off); a full-shaped divisor behind an optimization barrier keeps a true
+    division."""
     return x / jax.lax.optimization_barrier(jnp.full(x.shape, c, x.dtype))
 
 
@@ -96,7 +53,7 @@ def repetition_penalty_jax(logits: jax.Array, seen: jax.Array, penalty: float) -
 
 
 def warp_jax(logits: jax.Array, p: SamplingParams) -> jax.Array:
-    """Temperature, top-k, top-p on logits [..., V] exactly as :func:`warp` (filtered entries -> -inf)."""
+    """Temperature, top-k, top-p on logits [..., V] as transformers' warpers (filtered entries -> -inf)."""
     out = _divide(logits, p.temperature) if p.temperature != 1.0 else logits
     if p.top_k and p.top_k < out.shape[-1]:
         kth = jax.lax.top_k(out, p.top_k)[0][..., -1:]
