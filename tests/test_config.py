@@ -1,13 +1,15 @@
 """Typed config: golden config.json -> exact tiny architecture, presets, strict errors, overrides, JSON."""
 
+import dataclasses
 import json
 import pathlib
 
 import pytest
+import yaml
 
 from vxl_jax.config import (
-    BeaconConfig, ConfigError, LMConfig, MeshConfig, ProjectorConfig, RuntimeConfig, VideoXLConfig, VisionConfig,
-    apply_overrides, from_hf_config, load_yaml_sections, to_hf_config, vision_to_hf,
+    TINY_MODEL, BeaconConfig, ConfigError, LMConfig, MeshConfig, ProjectorConfig, RuntimeConfig, VideoXLConfig,
+    VisionConfig, apply_overrides, from_hf_config, load_yaml_sections, tiny_config, to_hf_config, vision_to_hf,
 )
 from vxl_jax.train.config import from_sections
 
@@ -80,6 +82,21 @@ def test_hf_contradictions_raise(golden_dir, change, needle):
     vis = golden_dir / "tiny_videoxl" / "vision_tower_config.json"
     with pytest.raises(ConfigError, match=needle):
         from_hf_config(hf, vision=vis)
+
+
+def test_the_tiny_model_is_defined_once():
+    """configs/tiny.yaml's model section is the package's TINY_MODEL written out (the package must work from a wheel
+    without configs/; the embedded demo model is tiny_config()); configs/train_tiny.yaml is the same model with
+    56 px frames and 40-token windows."""
+    raw = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())["model"]
+    assert raw == TINY_MODEL, ("configs/tiny.yaml `model:` differs from vxl_jax.config.tiny.TINY_MODEL; write it as\n"
+                               + yaml.safe_dump({"model": TINY_MODEL}, default_flow_style=None, sort_keys=False))
+    tiny = tiny_config()
+    assert VideoXLConfig.from_yaml(CONFIGS / "tiny.yaml") == tiny
+    micro = tiny.replace(vision=dataclasses.replace(tiny.vision, image_size=56),
+                         beacon=dataclasses.replace(tiny.beacon, window=40, stride=40, ratios=(2, 4, 8), tokens_per_frame=4))
+    assert VideoXLConfig.from_yaml(CONFIGS / "train_tiny.yaml") == micro
+    assert tiny_config("bfloat16").runtime.compute_dtype == "bfloat16"
 
 
 def test_yaml_presets_load():
