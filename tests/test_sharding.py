@@ -189,20 +189,22 @@ def test_shard_model_and_abstract_targets(tiny_cfg):
 
 
 def test_maybe_initialize_distributed(monkeypatch):
+    from vxl_jax.runtime.distributed import maybe_initialize
+
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
-    assert sh.maybe_initialize_distributed(env={}) is False
-    assert sh.maybe_initialize_distributed(env={"SLURM_JOB_ID": "1", "SLURM_NTASKS": "1"}) is False
-    assert sh.maybe_initialize_distributed(env={"OMPI_COMM_WORLD_SIZE": "1"}) is False
-    assert sh.maybe_initialize_distributed(env={"JAX_COORDINATOR_ADDRESS": "h:1", "VXL_DISTRIBUTED": "0"}) is False
+    assert maybe_initialize(env={}) is False
+    assert maybe_initialize(env={"SLURM_JOB_ID": "1", "SLURM_NTASKS": "1"}) is False
+    assert maybe_initialize(env={"OMPI_COMM_WORLD_SIZE": "1"}) is False
+    assert maybe_initialize(env={"JAX_COORDINATOR_ADDRESS": "h:1", "VXL_DISTRIBUTED": "0"}) is False
     assert calls == []
     env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2"}
-    assert sh.maybe_initialize_distributed(env=env) is True
+    assert maybe_initialize(env=env) is True
     assert calls[-1] == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 2}
-    assert sh.maybe_initialize_distributed(env={"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}) is True
+    assert maybe_initialize(env={"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}) is True
     assert calls[-1] == {}  # jax's own SLURM auto-detection fills in the rest
-    assert sh.maybe_initialize_distributed(True, env={}) is True
+    assert maybe_initialize(True, env={}) is True
     assert len(calls) == 3
 
 

@@ -158,3 +158,25 @@ def test_rerunning_a_finished_run_changes_nothing(straight, env):
     assert open(work / "metrics.jsonl").read() == before[2]
     for x, y in zip(jax.tree.leaves(ref), jax.tree.leaves(params(work / "export"))):
         np.testing.assert_array_equal(x, y)
+
+
+def test_launch_flags_are_arguments_of_run(monkeypatch):
+    """train.py --coordinator/--num-processes/--process-id reach run() and jax's start-up as arguments; the
+    process environment is left alone."""
+    from vxl_jax.cli import train as train_cli
+    from vxl_jax.train import loop
+
+    class Started(Exception):
+        pass
+
+    def fake_initialize(**kw):
+        seen.update(kw)
+        raise Started
+
+    seen, before = {}, dict(os.environ)
+    monkeypatch.setattr(loop, "maybe_initialize", fake_initialize)
+    with pytest.raises(Started):
+        train_cli.main(["--config", os.path.join(ROOT, "configs/train_tiny.yaml"), "--coordinator", "host0:8476",
+                        "--num-processes", "2", "--process-id", "1"])
+    assert seen == {"coordinator_address": "host0:8476", "num_processes": 2, "process_id": 1}
+    assert dict(os.environ) == before

@@ -20,6 +20,9 @@ import argparse
 import logging
 import sys
 
+from vxl_jax.config import ConfigError
+from vxl_jax.train.loop import run
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -38,14 +41,9 @@ def main(argv=None) -> int:
                                                 "model.runtime.mesh.fsdp=4")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from vxl_jax.runtime.distributed import set_environment
-
-    set_environment(args.coordinator, args.num_processes, args.process_id)  # read by the run's distributed start-up
-    from vxl_jax.config import ConfigError
-    from vxl_jax.train.loop import run
-
     try:
-        summary = run(args.config, args.overrides, export=args.export, re_export=args.re_export)
+        summary = run(args.config, args.overrides, export=args.export, re_export=args.re_export,
+                      coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2

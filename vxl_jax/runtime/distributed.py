@@ -1,8 +1,9 @@
 """Multi-process (multi-host) start-up: ``jax.distributed.initialize`` from flags or environment variables.
 
 One process per host (TPU VM worker, GPU node), all running the same command; each sees its local
-devices, and ``jax.devices()`` lists the devices of every process. Environment variables (what
-``train.py --coordinator/--num-processes/--process-id`` set):
+devices, and ``jax.devices()`` lists the devices of every process. ``train.py --coordinator/--num-processes
+/--process-id`` pass the launch settings to :func:`maybe_initialize` as arguments; without them it reads the
+environment variables:
 
     JAX_COORDINATOR_ADDRESS=host0:8476   process 0's host and a free port (every process the same)
     JAX_NUM_PROCESSES=2                  number of processes
@@ -48,16 +49,6 @@ def launcher(env: Mapping[str, str]) -> str | None:
     return None
 
 
-def set_environment(coordinator_address: str | None = None, num_processes: int | None = None,
-                    process_id: int | None = None, env: dict | None = None) -> None:
-    """Write the given launch settings into ``env`` (default ``os.environ``) for :func:`maybe_initialize`."""
-    env = os.environ if env is None else env
-    for key, value in ((ENV_COORDINATOR, coordinator_address), (ENV_NUM_PROCESSES, num_processes),
-                       (ENV_PROCESS_ID, process_id)):
-        if value is not None:
-            env[key] = str(value)
-
-
 def maybe_initialize(enable: bool | None = None, *, coordinator_address: str | None = None,
                      num_processes: int | None = None, process_id: int | None = None,
                      env: Mapping[str, str] | None = None) -> bool:
@@ -97,12 +88,6 @@ def maybe_initialize(enable: bool | None = None, *, coordinator_address: str | N
     log.info("jax.distributed.initialize (%s) %s", reason, kwargs)
     jax.distributed.initialize(**kwargs)
     return True
-
-
-def describe() -> str:
-    """One line, e.g. ``process 0 of 2: 4 local / 8 global cpu devices``."""
-    return (f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local / "
-            f"{jax.device_count()} global {jax.devices()[0].platform} devices")
 
 
 def process_rows(sharding, global_shape, axis: int = 0) -> int:

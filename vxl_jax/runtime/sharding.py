@@ -24,8 +24,8 @@ Presets (:data:`PRESETS`):
                replicated, ``kv_heads`` over ``tensor`` only; batch over ``data``.
 
 Entry points: :func:`make_mesh`, :func:`logical_to_spec`, :func:`param_shardings`,
-:func:`shard_model`, :func:`batch_sharding`, :func:`memory_shardings`,
-:func:`maybe_initialize_distributed`.
+:func:`shard_model`, :func:`batch_sharding`, :func:`memory_shardings` (multi-process start-up:
+:mod:`vxl_jax.runtime.distributed`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from vxl_jax.runtime import distributed
 from vxl_jax.config import MeshConfig
 
 log = logging.getLogger(__name__)
@@ -368,14 +367,6 @@ def make_mesh(mesh_cfg: MeshConfig | Sequence[int] | None = None, devices: Seque
             log.warning("create_device_mesh(%s) failed (%s); using device order", shape, e)
             arr = np.array(devices, dtype=object).reshape(shape)
     return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
-
-
-def maybe_initialize_distributed(enable: bool | None = None, *, coordinator_address: str | None = None,
-                                 num_processes: int | None = None, process_id: int | None = None,
-                                 env: Mapping[str, str] | None = None) -> bool:
-    """:func:`vxl_jax.runtime.distributed.maybe_initialize` (multi-process start-up; kept here for callers)."""
-    return distributed.maybe_initialize(enable, coordinator_address=coordinator_address,
-                                        num_processes=num_processes, process_id=process_id, env=env)
 
 
 def describe(mesh: Mesh) -> str:

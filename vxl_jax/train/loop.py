@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from vxl_jax.runtime import sharding as sh
 from vxl_jax.convert.folder import CONFIG_NAME, load_converted, save_converted
 from vxl_jax.runtime.compile_cache import enable_compilation_cache
+from vxl_jax.runtime.distributed import maybe_initialize
 from vxl_jax.config import VideoXLConfig
 from vxl_jax.data.pipeline import SampleSpec, TrainLoader, load_tokenizer
 from vxl_jax.data.records import load_records
@@ -206,14 +207,17 @@ def _train_steps(rc: RunConfig, trainer, state, loader, eval_data, ckpt, start: 
 
 
 def run(config_path: str, overrides: list[str] | None = None, export: str | None = None,
-        re_export: bool = False) -> dict:
+        re_export: bool = False, *, coordinator: str | None = None, num_processes: int | None = None,
+        process_id: int | None = None) -> dict:
     """Train per the preset; returns a summary (final step, last loss, eval loss, paths, timings).
 
     A run whose checkpoint already reached ``train.steps`` trains nothing and leaves its export alone:
-    the summary says ``already_finished``. ``re_export`` writes the export again from that checkpoint."""
+    the summary says ``already_finished``. ``re_export`` writes the export again from that checkpoint.
+    ``coordinator`` ("host:port"), ``num_processes``, ``process_id``: a multi-process launch
+    (:func:`vxl_jax.runtime.distributed.maybe_initialize`; unset ones are read from the environment)."""
     rc = load_run_config(config_path, overrides)
     tcfg, dcfg, ccfg = rc.train, rc.data, rc.checkpoint
-    sh.maybe_initialize_distributed()
+    maybe_initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     enable_compilation_cache(min_compile_time_s=1.0)
     workdir = os.path.abspath(tcfg.workdir)
     os.makedirs(workdir, exist_ok=True)
