@@ -44,7 +44,7 @@ CONFIG = os.path.join(ROOT, "configs", "train_tiny.yaml")
 
 def make_training_data(root: str, n: int, lengths: tuple[int, int], needle_frames: int, seed: int) -> dict:
     """Write (or reuse) ``n`` training videos and their records -> {train, video_folder}."""
-    from vxl_jax.data.synthetic import write_video
+    from vxl_jax.media.video import write_video
     from vxl_jax.eval.choice import niah_user
     from vxl_jax.eval.niah import COLOUR_OPTIONS, COLOUR_QUESTION, FPS, colour_needles, insert_needle, noise_haystack
 

@@ -117,7 +117,8 @@ def pixel_format(image_size: int, mode: str = "auto"):
     import numpy as np
 
     from vxl_jax.data.pipeline import ProcessRecord, SampleSpec
-    from vxl_jax.data.synthetic import colour_frames, colour_record, write_video
+    from vxl_jax.data.synthetic import colour_frames, colour_record
+    from vxl_jax.media.video import write_video
 
     with tempfile.TemporaryDirectory() as d:
         write_video(os.path.join(d, "v.mp4"), colour_frames("red", 0, 2, 1), fps=1)

@@ -34,7 +34,8 @@ def small_vx():
 @pytest.fixture(scope="module")
 def mlvu_set(tmp_path_factory):
     """MLVU dev layout: json/1_plotQA.json, json/2_needle.json; videos under video/<task>/ (3 videos, 6 questions)."""
-    from vxl_jax.data.synthetic import colour_frames, write_video
+    from vxl_jax.data.synthetic import colour_frames
+    from vxl_jax.media.video import write_video
 
     root = tmp_path_factory.mktemp("mlvu")
     (root / "json").mkdir()

@@ -25,6 +25,20 @@ DEFAULT_RATIO = 8
 ORIGINAL_RATIO_SEED = 42  # the original creates numpy default_rng(42) once per loaded model
 
 
+def parse_ratio(text) -> int | list[int] | None:
+    """A ``--ratio`` flag: '8' -> 8, '2,8' -> [2, 8] (step-random), None -> None; ints and lists pass through.
+    Only the syntax is checked here (ValueError); positivity and divisibility by the model's window are
+    :func:`check_ratio`'s."""
+    if text is None or isinstance(text, (int, list)):
+        return text
+    try:
+        values = [int(p) for p in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"--ratio must be an integer or a comma-separated list of integers (e.g. 8 or 2,8), "
+                         f"got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
 def check_ratio(beacon: BeaconConfig, ratio: int | Sequence[int] | None) -> int | tuple[int, ...]:
     """``ratio`` checked against the window -> an int (fixed) or a non-empty tuple (step-random). None -> 8."""
     ratio = DEFAULT_RATIO if ratio is None else ratio

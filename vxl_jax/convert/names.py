@@ -34,9 +34,6 @@ _VISION_PREFIXES = (
 )
 _CLIP_ROOTS = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.")
 
-KINDS = ("copy", "linear", "linear_heads", "bias_heads", "out_heads", "conv")
-
-
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One torch tensor <-> (one layer of) one of our parameters."""

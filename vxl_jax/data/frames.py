@@ -16,18 +16,14 @@ import os
 import numpy as np
 from PIL import Image
 
-from vxl_jax.media.video import VideoError, open_video, sample_indices
+from vxl_jax.media.video import VideoError, decode_frames, open_video, sample_indices
 
 
 def load_training_video(path, frames_upbound: int, video_fps: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """-> (uint8 frames [F, H, W, 3] RGB, indices [F] int64). Raises VideoError for unusable files."""
     vr = open_video(path)
     idx = sample_indices(len(vr), float(vr.get_avg_fps() or 0.0), fps=video_fps, max_frames=frames_upbound)
-    try:
-        frames = vr.get_batch(idx).asnumpy()
-    except Exception as e:  # decord raises its own error types
-        raise VideoError(f"cannot decode frames of {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
-    return frames, idx
+    return decode_frames(vr, idx, path), idx
 
 
 def load_image(path) -> np.ndarray:

@@ -3,7 +3,8 @@
 Each video is ``seconds`` long at ``fps``, mostly random grey frames; during one second (the
 "needle", placed in the first ``needle_within`` seconds, i.e. the first beacon window at 1 fps
 sampling) the whole frame is one of :data:`COLOURS`. The question asks that colour; the answer is
-its name (whose first tokens are distinct in the tiny tokenizer). Videos are written with PyAV.
+its name (whose first tokens are distinct in the tiny tokenizer). Videos are written with
+:func:`vxl_jax.media.video.write_video`.
 
     paths = make_colour_dataset("runs/colour_data", n_train=16, n_eval=8)
     # {"train": ".../train.json", "eval": ".../eval.json", "video_folder": ".../videos"}
@@ -19,6 +20,8 @@ import os
 
 import numpy as np
 
+from vxl_jax.media.video import write_video
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 50, 220), "yellow": (230, 220, 30)}
 QUESTION = "What colour was the flash in the video?"
 
@@ -31,29 +34,6 @@ def colour_frames(colour: str, needle_second: int, seconds: int, fps: int, size=
     frames = np.broadcast_to(grey, (seconds * fps, h, w, 3)).astype(np.uint8).copy()
     frames[needle_second * fps:(needle_second + 1) * fps] = COLOURS[colour]
     return frames
-
-
-def write_video(path, frames: np.ndarray, fps: int) -> None:
-    """Write uint8 RGB frames [N, H, W, 3] (H, W even) as H.264 (or MPEG-4 when x264 is missing)."""
-    import av
-
-    last = None
-    for codec in ("libx264", "mpeg4"):
-        try:
-            with av.open(os.fspath(path), "w") as c:
-                st = c.add_stream(codec, rate=fps)
-                st.width, st.height, st.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-                if codec == "libx264":
-                    st.options = {"crf": "12", "preset": "veryfast"}
-                for fr in frames:
-                    for p in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(fr), format="rgb24")):
-                        c.mux(p)
-                for p in st.encode():
-                    c.mux(p)
-            return
-        except (av.error.FFmpegError, ValueError) as e:
-            last = e
-    raise RuntimeError(f"could not write {path}: {last}")
 
 
 def colour_record(rid: str, video: str, colour: str) -> dict:

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+from vxl_jax.beacon.ratios import check_ratio, parse_ratio
 from vxl_jax.infer.api import VideoXL
 from vxl_jax.infer.demo import default_model
 from vxl_jax.eval.heatmap import draw_heatmap, grid_table, niah_grid
@@ -46,18 +47,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_ratio(text):
-    if text is None:
-        return None
-    try:
-        vals = [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--ratio must be an integer or a comma list of integers, got {text!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise ValueError(f"--ratio values must be positive, got {text!r}")
-    return vals[0] if len(vals) == 1 else vals
-
-
 def main(argv=None) -> int:
     a = parse_args(argv)
     try:
@@ -76,6 +65,8 @@ def main(argv=None) -> int:
             vx = default_model(dtype=a.dtype)
         else:
             vx = VideoXL.load(a.model, dtype=a.dtype)
+        if settings.ratio is not None:
+            check_ratio(vx.cfg.beacon, settings.ratio)
         summary = run_benchmark(vx, items, a.videos, a.out, settings=settings, progress=not a.quiet)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

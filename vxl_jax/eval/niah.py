@@ -27,9 +27,9 @@ from typing import Sequence
 
 import numpy as np
 
-from vxl_jax.data.synthetic import COLOURS, write_video
+from vxl_jax.data.synthetic import COLOURS
 from vxl_jax.eval.choice import LETTERS
-from vxl_jax.media.video import load_video
+from vxl_jax.media.video import load_video, write_video
 
 COLOUR_QUESTION = "What colour was the flash in the video?"
 COLOUR_OPTIONS = ["blue", "green", "red", "yellow"]

@@ -1,4 +1,5 @@
-"""Video input: uniform frame sampling with decord (docs/algorithm.md §9) and a synthetic sample video (PyAV).
+"""Video input: frame sampling with decord (docs/algorithm.md §9), the one mp4 writer and a synthetic sample video
+(PyAV).
 
     frames, info = load_video("clip.mp4", num_frames=128)   # uint8 [F, H, W, 3] RGB
 
@@ -164,7 +165,7 @@ class VideoStream:
 
     def __iter__(self):
         for start in range(0, len(self.indices), self.batch):
-            part = _decode(self._vr, self.indices[start:start + self.batch], self.path)
+            part = decode_frames(self._vr, self.indices[start:start + self.batch], self.path)
             if self.size is not None:
                 part = resize_crop_frames(part, self.size)
             yield part
@@ -249,12 +250,12 @@ def load_video(path, num_frames: int, size: int | None = None, batch: int = 32) 
         warnings.warn(f"{num_frames} frames requested but {path} has only {total}: using all {total} frames",
                       stacklevel=2)
     if size is None:
-        frames = _decode(vr, idx, path)
+        frames = decode_frames(vr, idx, path)
         height, width = frames.shape[1:3]
     else:
         frames = np.empty((len(idx), size, size, 3), np.uint8)
         for start in range(0, len(idx), batch):
-            part = _decode(vr, idx[start:start + batch], path)
+            part = decode_frames(vr, idx[start:start + batch], path)
             height, width = part.shape[1:3]
             frames[start:start + len(part)] = resize_crop_frames(part, size)
     fps = float(vr.get_avg_fps() or 0.0)
@@ -267,7 +268,7 @@ def load_video(path, num_frames: int, size: int | None = None, batch: int = 32) 
     return frames, info
 
 
-def _decode(vr, idx: np.ndarray, path) -> np.ndarray:
+def decode_frames(vr, idx: np.ndarray, path) -> np.ndarray:
     """Frames ``idx`` of an open video -> uint8 [len(idx), H, W, 3] (VideoError when decoding fails)."""
     try:
         with _captured_stderr():
@@ -327,43 +328,62 @@ def sample_frame(index: int, num_frames: int, size: tuple[int, int] = (320, 240)
     return frame
 
 
+def _encoder(codecs: tuple[str, ...]) -> str:
+    """The first of ``codecs`` PyAV can encode with (RuntimeError when none)."""
+    import av
+
+    for name in codecs:
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except (av.error.FFmpegError, ValueError):  # not built into this ffmpeg
+            continue
+    raise RuntimeError(f"no video encoder among {list(codecs)} in this PyAV build")
+
+
+def write_video(path, frames, fps: int, codec: str | None = None, crf: int = 12) -> str:
+    """Write RGB frames (uint8 [N, H, W, 3], or any iterable of [H, W, 3]; H, W even) as a video with PyAV: H.264
+    (``crf`` quality) by default, MPEG-4 when x264 is missing or ``codec="mpeg4"``. Frames are encoded as they
+    come, so a generator never holds the whole video. -> the path."""
+    import av
+
+    name = _encoder((codec,) if codec else ("libx264", "mpeg4"))
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with av.open(path, "w") as container:
+        stream = None
+        for frame in frames:
+            if stream is None:
+                stream = container.add_stream(name, rate=fps)
+                stream.height, stream.width, stream.pix_fmt = frame.shape[0], frame.shape[1], "yuv420p"
+                if name == "libx264":
+                    stream.options = {"crf": str(crf), "preset": "veryfast"}
+                else:
+                    stream.bit_rate = 4_000_000
+            av_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            for packet in stream.encode(av_frame):
+                container.mux(packet)
+        if stream is None:
+            raise ValueError(f"no frames to write to {path}")
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def write_sample_video(path, num_frames: int = 120, size: tuple[int, int] = (320, 240), fps: int = 24,
                        codec: str | None = None) -> str:
-    """Write a synthetic video (moving shapes + frame counter, see ``sample_frame``) with PyAV.
+    """Write a synthetic video (moving shapes + frame counter, see ``sample_frame``) with :func:`write_video`.
 
     size is (width, height), both even. codec: "libx264" (default when available) or "mpeg4".
     Returns the path.
     """
-    import av
-
     w, h = int(size[0]), int(size[1])
     if w % 2 or h % 2 or w < 2 * COUNTER_BITS or h < 16:
         raise ValueError(f"sample video size must be even and at least {2 * COUNTER_BITS}x16, got {w}x{h}")
     if num_frames < 1 or num_frames >= 2 ** COUNTER_BITS:
         raise ValueError(f"num_frames must be in [1, {2 ** COUNTER_BITS - 1}], got {num_frames}")
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    codecs = [codec] if codec else ["libx264", "mpeg4"]
-    last_error = None
-    for name in codecs:
-        try:
-            with av.open(path, "w") as container:
-                stream = container.add_stream(name, rate=fps)
-                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-                if name == "libx264":
-                    stream.options = {"crf": "18", "preset": "veryfast"}
-                else:
-                    stream.bit_rate = 4_000_000
-                for i in range(num_frames):
-                    frame = av.VideoFrame.from_ndarray(sample_frame(i, num_frames, (w, h)), format="rgb24")
-                    for packet in stream.encode(frame):
-                        container.mux(packet)
-                for packet in stream.encode():
-                    container.mux(packet)
-            return path
-        except (av.error.FFmpegError, ValueError) as e:  # encoder missing: try the next one
-            last_error = e
-    raise RuntimeError(f"could not write a sample video with codecs {codecs}: {last_error}")
+    frames = (sample_frame(i, num_frames, (w, h)) for i in range(num_frames))
+    return write_video(path, frames, fps, codec=codec, crf=18)
 
 
 class TimedReader:

@@ -12,10 +12,6 @@ import numpy as np
 from vxl_jax.text.constants import DEFAULT_SYSTEM, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 
 
-def _image_token_index() -> int:
-    return IMAGE_TOKEN_INDEX
-
-
 class PromptError(ValueError):
     """A prompt that cannot be tokenized for the model (e.g. more than one ``<image>`` placeholder)."""
 
@@ -58,7 +54,7 @@ def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int | None 
 
     Returns int32 [S]. Raises ``PromptError`` for more than one placeholder.
     """
-    index = _image_token_index() if image_token_index is None else image_token_index
+    index = IMAGE_TOKEN_INDEX if image_token_index is None else image_token_index
     check_prompt(prompt)
     chunks = prompt.split(IMAGE_PLACEHOLDER)
     ids = _encode(chunks[0], tokenizer)

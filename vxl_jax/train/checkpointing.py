@@ -52,9 +52,6 @@ class Checkpoints:
         out = self.mngr.restore(step, args=ocp.args.Composite(**args))
         return out["state"], (out["data"] if has_data else None), step
 
-    def wait(self):
-        self.mngr.wait_until_finished()
-
     def close(self):
         self.mngr.wait_until_finished()
         self.mngr.close()
