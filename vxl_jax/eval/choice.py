@@ -163,9 +163,7 @@ def letter_token_ids(tokenizer, n: int) -> list[int]:
 
 def next_token_logprobs(vx, memory, text_ids: np.ndarray) -> np.ndarray:
     """log p(next token | video memory, text) as float64 [vocab] (one text step over the saved memory)."""
-    _, logits = vx.generate(np.asarray(text_ids, np.int32), None, memory=memory, max_new_tokens=1,
-                            do_sample=False, repetition_penalty=1.0, return_logits=True)
-    return _log_softmax(np.asarray(logits)[0])
+    return _log_softmax(vx.score(np.asarray(text_ids, np.int32), memory=memory)[-1])
 
 
 def letter_logprobs(vx, memory, text_ids: np.ndarray, n_options: int) -> np.ndarray:
@@ -175,17 +173,21 @@ def letter_logprobs(vx, memory, text_ids: np.ndarray, n_options: int) -> np.ndar
 
 
 def text_logprobs(vx, memory, text_ids: np.ndarray, options: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Sum of log p(option text tokens | video, prompt) for each option (teacher-forced, one text step per
-    token) -> (float64 [n_options] sums, int [n_options] token counts)."""
-    sums, counts = [], []
+    """Sum of log p(option text tokens | video, prompt) for each option (teacher-forced: every option is one row
+    of a single batched ``vx.score`` call over the memory) -> (float64 [n_options] sums, int [n_options] counts)."""
+    prompt = np.asarray(text_ids, np.int32)
+    if not len(prompt):
+        raise ValueError("option scoring needs the prompt text before the options")
+    conts = []
     for opt in options:
-        cont = list(vx.tokenizer(str(opt), add_special_tokens=False)["input_ids"])
-        if not cont:
+        cont = np.asarray(vx.tokenizer(str(opt), add_special_tokens=False)["input_ids"], np.int32)
+        if not len(cont):
             raise ValueError(f"option {opt!r} has no tokens")
-        total = 0.0
-        for k, tok in enumerate(cont):
-            ctx = np.concatenate([np.asarray(text_ids, np.int32), np.asarray(cont[:k], np.int32)])
-            total += float(next_token_logprobs(vx, memory, ctx)[tok])
-        sums.append(total)
-        counts.append(len(cont))
-    return np.asarray(sums), np.asarray(counts)
+        conts.append(cont)
+    logits = vx.score([np.concatenate([prompt, c]) for c in conts], memory=memory)
+    sums = []
+    for lg, cont in zip(logits, conts):
+        # the logits at position p predict token p + 1: option token k follows prompt + cont[:k]
+        lp = _log_softmax(lg[len(prompt) - 1:len(prompt) - 1 + len(cont)])
+        sums.append(float(lp[np.arange(len(cont)), cont].sum()))
+    return np.asarray(sums), np.asarray([len(c) for c in conts])

@@ -29,7 +29,7 @@ from vxl_jax.config import VideoXLConfig
 from vxl_jax.convert.folder import load_converted
 from vxl_jax.infer import memory_file
 from vxl_jax.infer.core import DECODE_CHUNK, InferenceCore, Row, video_input
-from vxl_jax.infer.results import GenerateOutput, PrefillResult, VideoMemory
+from vxl_jax.infer.results import GenerateOutput, PrefillResult, VideoMemory, split_prompt
 from vxl_jax.infer.sampling import SamplingParams
 from vxl_jax.infer.session import Session, load, start
 from vxl_jax.media.preprocess import preprocess_frames
@@ -299,3 +299,6 @@ def peak_memory_bytes() -> int:
     except Exception:  # pragma: no cover - backend without memory stats
         pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+__all__ = ["VideoXL", "VideoMemory", "PrefillResult", "GenerateOutput", "split_prompt", "peak_memory_bytes"]

@@ -238,7 +238,8 @@ class InferenceCore:
     def _window_block(self, videos, first: int, windows: int, per: int) -> jax.Array:
         """Rows ``[first, first + windows * per)`` of each video, staged and zero-padded past its end ->
         device array [windows, B, per, *row] (uint8 frames stay uint8; float inputs in the compute dtype)."""
-        parts = [None if v is None else stage_frames(self.cfg, v.data[first:first + windows * per]) for v in videos]
+        parts = [None if v is None or len(v.data) <= first else stage_frames(self.cfg, v.data[first:first + windows * per])
+                 for v in videos]
         shaped = next(p for p in parts if p is not None and len(p))
         block = np.zeros((len(videos), windows * per, *shaped.shape[1:]), shaped.dtype)
         for row, part in enumerate(parts):
