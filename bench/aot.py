@@ -10,11 +10,11 @@ Steps (configs/videoxl_7b.yaml, bf16 parameters):
 ``train``    ``Trainer.train_step`` (forward, lean backward, AdamW) as in ``bench/train_memory.py --tpu``:
              everything trainable, remat ``full``, ratios 2/4/8/12/16 drawn per window, fsdp over all
              chips, batch 1 per chip, prefix 32 + suffix 64 tokens, uint8 frames.
-``windows``  one window-scan call of the inference engine (``api._FRAME_CALL_WINDOWS`` windows of uint8
+``windows``  one window-scan call of the inference engine (``core.FRAME_CALL_WINDOWS`` windows of uint8
              frames, ratio 16), its memory sized for the whole video and donated, as ``VideoXL.prefill``
              runs it;
-``text``     the prompt text after the video (one ``_TEXT_BUCKET`` of tokens) over that memory;
-``decode``   one on-device decoding chunk (``api.DECODE_CHUNK`` greedy tokens) over that memory.
+``text``     the prompt text after the video (one ``core.TEXT_BUCKET`` of tokens) over that memory;
+``decode``   one on-device decoding chunk (``core.DECODE_CHUNK`` greedy tokens) over that memory.
 
 Inference runs on the ``inference`` rules of :mod:`vxl_jax.runtime.sharding` (what ``VideoXL.load(..., mesh=)``
 uses): the slice's 8 chips as ``fsdp=2 x tensor=4`` (28 query heads and 4 KV heads split 4 ways, MLP and
@@ -158,13 +158,11 @@ def run_train(a, frames_list):
 
 def memory_slots(cfg, frames: int, ratio: int, max_new: int) -> int:
     """KV slots ``VideoXL.generate`` reserves for a prompt with ``frames`` frames at a fixed ratio."""
-    from vxl_jax.infer import api
+    from vxl_jax.infer import core
 
     b = cfg.beacon
     windows = -(-frames * b.tokens_per_frame // b.window)
-    slots = PROMPT_BEFORE + windows * (b.window // ratio) + PROMPT_AFTER + max_new + api._TEXT_BUCKET \
-        + 2 * api._TEXT_BUCKET
-    return -(-slots // api._SLOT_BUCKET) * api._SLOT_BUCKET
+    return core.capacity(PROMPT_BEFORE + windows * (b.window // ratio) + PROMPT_AFTER + max_new)
 
 
 class InferenceSteps:
@@ -210,27 +208,28 @@ class InferenceSteps:
         import jax
         import jax.numpy as jnp
 
-        from vxl_jax.infer import api, engine
+        from vxl_jax.beacon.memory import bucket
+        from vxl_jax.infer import core, engine
         from vxl_jax.infer.decode import decode_chunk
         from vxl_jax.infer.sampling import SamplingParams
 
         i32 = jnp.int32
         mem = self.memory(slots)
         if step == "windows":
-            n, fpw, S = api._FRAME_CALL_WINDOWS, self.cfg.beacon.frames_per_window, self.cfg.vision.image_size
+            n, fpw, S = core.FRAME_CALL_WINDOWS, self.cfg.beacon.frames_per_window, self.cfg.vision.image_size
             fn, static = engine._windows, {"ratios": (ratio,), "from_pixels": True, "keep": True}
             args = (self.state, mem, self._struct((n, 1, fpw, S, S, 3), jnp.uint8), self._struct((n, 1), i32),
                     self._struct((n,), i32))
             donate = (1,)
         elif step == "text":
             fn, static = engine._text_chunk, {"kind": "text"}
-            T = -(-PROMPT_AFTER // api._TEXT_BUCKET) * api._TEXT_BUCKET
+            T = bucket(PROMPT_AFTER, core.TEXT_BUCKET)
             args = (self.state, mem, self._struct((1, T), i32), self._struct((1,), i32))
             donate = (1,)
         elif step == "decode":
             V = self.cfg.lm.vocab_size
             fn = decode_chunk
-            static = {"params": SamplingParams(), "chunk": api.DECODE_CHUNK, "return_logits": False,
+            static = {"params": SamplingParams(), "chunk": core.DECODE_CHUNK, "return_logits": False,
                       "feed": engine._text_chunk}
             args = (self.state, mem, self._struct((1, V), jnp.float32), self._struct((1, V), jnp.bool_),
                     self._struct((1, 2), jnp.uint32), self._struct((V,), jnp.bool_), self._struct((1,), i32))

@@ -20,7 +20,7 @@ Also, in the same subprocesses:
   frames.
 * capacity independence (``--capacity-frames``, default 40): prefill with ``extra_slots`` making
   the memory buffer 4x its normal capacity, and a 32-token decode from the video memory grown 4x
-  (``vxl_jax.infer.api.ensure_capacity``), vs the normal runs (alternated, best of ``--repeats``).
+  (``vxl_jax.beacon.memory.grow``), vs the normal runs (alternated, best of ``--repeats``).
   Goal: within 10 %.
 
 Goals (issue 8): <= 12 yardsticks at 160 frames, <= 30 at 320; peak RSS growth <= 0.5 MiB/frame.
@@ -191,7 +191,7 @@ def worker_vxl(frames: int, decode: bool, capacity: bool, repeats: int, new_toke
 
     if capacity:
         try:
-            from vxl_jax.infer.api import ensure_capacity
+            from vxl_jax.beacon.memory import grow
 
             extra = 3 * cap
             vx.prefill(ids, px, ratio=RATIO, extra_slots=extra)  # compile the 4x buffer
@@ -205,7 +205,7 @@ def worker_vxl(frames: int, decode: bool, capacity: bool, repeats: int, new_toke
                 big.append(time.perf_counter() - t)
             out["cap_prefill_s"] = (min(normal), min(big))
             out["cap_capacity"] = (cap, _capacity(r4.memory))
-            vm4 = _with_kv(vm, ensure_capacity(_copy_kv(vm.kv), 4 * _capacity(vm.kv)))
+            vm4 = _with_kv(vm, grow(_copy_kv(vm.kv), 4 * _capacity(vm.kv)))
             out["cap_decode_capacity"] = (_capacity(vm.kv), _capacity(vm4.kv))
             n_ms = decode_ms(vm)[0]
             b_ms = decode_ms(vm4)[0]
