@@ -270,7 +270,7 @@ def _per_shard(call, q, k, v, valid, mem_k, mem_v, mem_len, layer):
     a Mosaic call: it would gather every operand onto every chip). Batch rows and KV heads (with
     their query heads) are split as the rules split ``batch`` and ``act_kv_heads``; other dims whole."""
     args = (q, k, v, valid, mem_k, mem_v, mem_len, layer)
-    active = sh._active()
+    active = sh.active_sharding()
     if active is None:
         return call(*args)
     mesh, rules = active

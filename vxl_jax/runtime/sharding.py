@@ -302,16 +302,16 @@ class activation_sharding:
         _ACTIVATION_CONTEXT.pop()
 
 
-def _active():
+def active_sharding():
     """(mesh, rules) of the innermost :class:`activation_sharding`, or None."""
     return _ACTIVATION_CONTEXT[-1] if _ACTIVATION_CONTEXT else None
 
 
 def constrain(x, axes: Sequence[str | None]):
     """``with_sharding_constraint`` of ``x`` to logical ``axes`` under :class:`activation_sharding`."""
-    if _active() is None:
+    if active_sharding() is None:
         return x
-    mesh, rules = _active()
+    mesh, rules = active_sharding()
     return jax.lax.with_sharding_constraint(x, logical_sharding(mesh, axes, x.shape, rules))
 
 
@@ -319,9 +319,9 @@ def constrain_params(tree, like=None):
     """Pin a parameter-shaped tree (e.g. fp32 gradient accumulators) to the parameters' shardings.
 
     ``like``: the State whose Variables carry the logical axes (default: ``tree`` itself)."""
-    if _active() is None:
+    if active_sharding() is None:
         return tree
-    mesh, rules = _active()
+    mesh, rules = active_sharding()
     specs = param_specs(tree if like is None else like, mesh, rules)
     return jax.tree.map(lambda spec, x: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec)), specs, tree,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
@@ -453,7 +453,7 @@ def place_replicated(tree, mesh: Mesh):
 
 def pin_memory(mem):
     """Under :class:`activation_sharding`: a KVMemory's K/V and counters pinned to the memory axes."""
-    if _active() is None:
+    if active_sharding() is None:
         return mem
     k, v = constrain_memory(mem.k, mem.v)
     counters = {f: constrain(getattr(mem, f), ("cache_batch",)) for f in ("length", "n_prefix", "n_beacons", "n_text")}
@@ -462,6 +462,6 @@ def pin_memory(mem):
 
 def pin_replicated(x):
     """Under :class:`activation_sharding`: ``x`` replicated (outputs the host reads back, e.g. logits)."""
-    if _active() is None:
+    if active_sharding() is None:
         return x
-    return jax.lax.with_sharding_constraint(x, replicated(_active()[0]))
+    return jax.lax.with_sharding_constraint(x, replicated(active_sharding()[0]))
