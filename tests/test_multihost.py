@@ -89,7 +89,7 @@ def test_batch_rows_per_process_are_checked():
     from vxl_jax.train.step import batch_shardings
 
     mesh = sh.make_mesh((2, 2, 2))
-    shard = batch_shardings(mesh, {"x": np.zeros((1, 4, 3))})["x"]
+    shard = batch_shardings(mesh, {"x": np.zeros((1, 4, 3))}, "fsdp")["x"]
     assert process_rows(shard, (1, 4, 3), axis=1) == 4  # one process holds every device here
     check_process_batch(shard, (1, 4, 3), 4)
     with pytest.raises(ValueError, match="loads 2 of the 4 batch rows.*places 4 rows"):

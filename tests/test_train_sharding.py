@@ -51,7 +51,7 @@ def run_steps(cfg, tcfg, batch, mesh_shape, n_steps=2):
     graphdef, state, shd = st.init_state(random_model(cfg, seed=1, std=0.05), tx, optim.trainable_filter("all"),
                                          mesh, seed=3)
     trainer = st.Trainer(graphdef, cfg, tx, optim.lr_schedule(tcfg), (2, 4, 8), mesh, shd).compile()
-    gb = st.to_global(batch, mesh, B)
+    gb = st.to_global(batch, mesh, B, trainer.rules)
     metrics = []
     for _ in range(n_steps):
         state, m = trainer.train_step(state, gb)

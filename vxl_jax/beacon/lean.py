@@ -38,13 +38,12 @@ def _with_counters(k, v, counters) -> KVMemory:
     return KVMemory(k, v, *counters)
 
 
-def _window(graphdef, params, rest, k, v, counters, inp, n, *, ratio, from_pixels, attention, remat, keep):
+def _window(graphdef, params, rest, k, v, counters, inp, n, *, ratio, from_pixels, keep):
     """One window on the memory ``(k, v, counters)`` -> (new k, new v, new counters)."""
     model = nnx.merge(graphdef, params, rest)
     k, v = constrain_memory(k, v)
     feats = encode_window(model, inp, from_pixels)
-    mem = window_step(model, _with_counters(k, v, counters), feats, n, ratio, attention=attention, remat=remat,
-                      keep=keep, sliced_memory=True)[0]
+    mem = window_step(model, _with_counters(k, v, counters), feats, n, ratio, keep=keep, sliced_memory=True)[0]
     return *constrain_memory(mem.k, mem.v), tuple(getattr(mem, c) for c in _COUNTERS)
 
 
@@ -80,8 +79,7 @@ def _backward_scan(steps, params, rest, k_final, v_final, starts, windows, n_val
 
 
 def compress_windows_lean(model, mem: KVMemory, windows, n_valid, ratio_idx, *, ratios: tuple[int, ...],
-                          from_pixels: bool, attention: str = "xla", remat: str = "none", keep: bool = True,
-                          then=None, then_args=()):
+                          from_pixels: bool, keep: bool = True, then=None, then_args=()):
     """Same arguments and result as :func:`vxl_jax.beacon.windows.compress_windows`; lean backward.
 
     Gradients flow to the model's ``nnx.Param`` leaves and to the incoming memory K/V; not to the
@@ -90,8 +88,7 @@ def compress_windows_lean(model, mem: KVMemory, windows, n_valid, ratio_idx, *, 
     ``then_args`` (arrays) get no gradient.
     """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    steps = [functools.partial(_window, graphdef, ratio=int(r), from_pixels=from_pixels, attention=attention,
-                               remat=remat, keep=keep) for r in ratios]
+    steps = [functools.partial(_window, graphdef, ratio=int(r), from_pixels=from_pixels, keep=keep) for r in ratios]
 
     def tail(params, rest, final, args):
         k, v, counters = final

@@ -119,7 +119,7 @@ def _video_then_suffix(model, mem: KVMemory, pixels, num_frames, ratio_idx, suff
     ``mem`` by one scan (the backward as ``window_backward`` picks, see :func:`windowed_loss`), then the
     suffix (ids, labels, length) scored over it -> (loss_sum, n_tokens). The lean backward takes the
     suffix inside (:func:`vxl_jax.beacon.lean.compress_windows_lean`'s ``then``)."""
-    b, rt = model.cfg.beacon, model.cfg.runtime
+    b = model.cfg.beacon
     B, F = pixels.shape[:2]
     fpw = b.frames_per_window
     W = b.windows_for_frames(F)
@@ -127,7 +127,7 @@ def _video_then_suffix(model, mem: KVMemory, pixels, num_frames, ratio_idx, suff
     windows = px.reshape(B, W, fpw, *pixels.shape[2:]).swapaxes(0, 1)  # [W, B, fpw, *frame]
     windows = constrain(windows, (None, "batch") + (None,) * (windows.ndim - 2))
     n_valid = window_token_counts(num_frames * b.tokens_per_frame, W, b.window)
-    kw = dict(ratios=ratios, from_pixels=True, attention=rt.attention, remat=rt.remat, keep=keep_memory)
+    kw = dict(ratios=ratios, from_pixels=True, keep=keep_memory)
     if window_backward == "lean":
         return compress_windows_lean(model, mem, windows, n_valid, ratio_idx, then=_suffix_loss, then_args=suffix, **kw)
     if window_backward in ("checkpoint", "plain"):

@@ -44,16 +44,17 @@ def interleave(features, beacon_vec, ratio: int):
     return jnp.concatenate([groups, beacons], axis=2).reshape(B, n + n // ratio, D)
 
 
-def window_step(model, mem: KVMemory, features, n_valid, ratio: int, *, attention: str = "xla",
-                remat: str = "none", keep: bool = True, sliced_memory: bool = False):
+def window_step(model, mem: KVMemory, features, n_valid, ratio: int, *, keep: bool = True,
+                sliced_memory: bool = False):
     """Compress one window into the memory.
 
     features [B, window, D] visual tokens (rows >= n_valid[b] are padding); n_valid [B] int32.
     Returns (memory with n_valid // ratio beacons appended per sample, hidden [B, T, D]).
     ``keep=False`` runs the window but appends nothing (ablation: memory cut off).
     ``sliced_memory``: see :meth:`vxl_jax.model.qwen2.Qwen2LM.__call__` (True under autodiff).
+    The attention backend and remat policy are the model's (``model.cfg.runtime``).
     """
-    lm = model.lm
+    lm, rt = model.lm, model.cfg.runtime
     B, window, _ = features.shape
     is_beacon, raw_index, beacon_index = interleave_layout(window, ratio)
     x = interleave(features, lm.beacon_vector(features.dtype), ratio)
@@ -61,7 +62,7 @@ def window_step(model, mem: KVMemory, features, n_valid, ratio: int, *, attentio
     valid = jnp.where(is_beacon[None], beacon_index[None] < n_beacons[:, None], raw_index[None] < n_valid[:, None])
     positions = mem.length[:, None] + jnp.arange(x.shape[1], dtype=jnp.int32)[None]
     hidden, k, v = lm(x, positions=positions, valid=valid, beacon_mask=jnp.broadcast_to(is_beacon, valid.shape),
-                      mem_k=mem.k, mem_v=mem.v, mem_len=mem.length, attention=attention, remat=remat,
+                      mem_k=mem.k, mem_v=mem.v, mem_len=mem.length, attention=rt.attention, remat=rt.remat,
                       sliced_memory=sliced_memory)
     sel = slice(ratio, None, ratio + 1)  # beacon rows, in interleave order
     count = n_beacons if keep else jnp.zeros_like(n_beacons)
@@ -81,8 +82,7 @@ def encode_window(model, window_input, from_pixels: bool):
 
 
 def compress_windows(model, mem: KVMemory, windows, n_valid, ratio_idx, *, ratios: tuple[int, ...],
-                     from_pixels: bool, attention: str = "xla", remat: str = "none", window_remat: bool = False,
-                     keep: bool = True, sliced_memory: bool = False):
+                     from_pixels: bool, window_remat: bool = False, keep: bool = True, sliced_memory: bool = False):
     """Scan over windows; the carry is the memory.
 
     windows: pixels [W, B, frames_per_window, *frame] (uint8 [S, S, 3] or float [3, S, S] frames,
@@ -96,8 +96,8 @@ def compress_windows(model, mem: KVMemory, windows, n_valid, ratio_idx, *, ratio
     def body(m, xs):
         inp, n, idx = xs
         feats = encode_window(model, inp, from_pixels)
-        branches = [functools.partial(_step_only_memory, model, ratio=r, attention=attention, remat=remat, keep=keep,
-                                      sliced_memory=sliced_memory) for r in ratios]
+        branches = [functools.partial(_step_only_memory, model, ratio=r, keep=keep, sliced_memory=sliced_memory)
+                    for r in ratios]
         return pick_branch(idx, branches, m, feats, n), None
 
     if window_remat:
@@ -113,9 +113,8 @@ def pick_branch(idx, branches, *args):
     return jax.lax.switch(idx, branches, *args)
 
 
-def _step_only_memory(model, mem, feats, n, *, ratio, attention, remat, keep, sliced_memory):
-    return window_step(model, mem, feats, n, ratio, attention=attention, remat=remat, keep=keep,
-                       sliced_memory=sliced_memory)[0]
+def _step_only_memory(model, mem, feats, n, *, ratio, keep, sliced_memory):
+    return window_step(model, mem, feats, n, ratio, keep=keep, sliced_memory=sliced_memory)[0]
 
 
 def window_token_counts(num_visual, num_windows: int, window: int):

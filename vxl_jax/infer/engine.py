@@ -30,9 +30,7 @@ def _text_chunk(graphdef, state, mem: KVMemory, ids, n, *, kind: str):
 
 def _windows(graphdef, state, mem, windows, n_valid, ratio_idx, *, ratios, from_pixels, keep):
     model = nnx.merge(graphdef, state)
-    rt = model.cfg.runtime
-    return compress_windows(model, mem, windows, n_valid, ratio_idx, ratios=ratios, from_pixels=from_pixels,
-                            attention=rt.attention, keep=keep)
+    return compress_windows(model, mem, windows, n_valid, ratio_idx, ratios=ratios, from_pixels=from_pixels, keep=keep)
 
 
 def _features(graphdef, state, pixels, *, pooled: bool):

@@ -46,8 +46,8 @@ class Trainer:
     """Holds the static pieces (graphdef, model config, optimizer, shardings) and the jitted steps.
 
     ``cfg`` is the model's config (``graphdef``'s): its ``runtime`` (attention backend, remat, dtypes,
-    sharding rules) is the one source of runtime settings for the loss; ``rules`` defaults to
-    ``cfg.runtime.sharding`` and is used for the activation constraints inside the steps.
+    sharding rules) is the one source of runtime settings for the loss; :attr:`rules` (``cfg.runtime.sharding``)
+    is used for the activation constraints inside the steps.
     """
 
     graphdef: object
@@ -58,11 +58,11 @@ class Trainer:
     mesh: object
     state_shardings: dict
     keep_memory: bool = True
-    rules: str | None = None
 
-    def __post_init__(self):
-        if self.rules is None:
-            self.rules = self.cfg.runtime.sharding
+    @property
+    def rules(self) -> str:
+        """The sharding-rules preset of state, batches and activations: ``cfg.runtime.sharding``."""
+        return self.cfg.runtime.sharding
 
     def loss_fn(self, params, frozen, mb, ratio_idx):
         model = nnx.merge(self.graphdef, params, frozen)
@@ -125,12 +125,11 @@ class Trainer:
 def build_trainer(model, tcfg: TrainConfig, mesh, ratios: tuple[int, ...]) -> tuple[Trainer, dict]:
     """The one way to set training up: optimizer, sharded state and the :class:`Trainer`, with the sharding
     rules of ``model.cfg.runtime.sharding`` used for state, batches and activations. -> (trainer, state)."""
-    rules = model.cfg.runtime.sharding
     tx = optim.make_optimizer(tcfg)
     graphdef, state, shardings = init_state(model, tx, optim.trainable_filter(tcfg.trainable, tcfg.freeze_vision),
-                                            mesh, tcfg.seed, rules)
+                                            mesh, tcfg.seed)
     trainer = Trainer(graphdef, model.cfg, tx, optim.lr_schedule(tcfg), tuple(ratios), mesh, shardings,
-                      keep_memory=tcfg.keep_memory, rules=rules)
+                      keep_memory=tcfg.keep_memory)
     return trainer, state
 
 
@@ -139,9 +138,9 @@ def split_model(model, trainable_filter):
     return nnx.split(model, trainable_filter, ...)
 
 
-def state_shardings(abstract_state: dict, tx, mesh, rules="fsdp") -> dict:
-    """Shardings for the train state: params/frozen by the rules table, optimizer moments like their
-    params (``optax.tree_map_params``), scalars and counters replicated."""
+def state_shardings(abstract_state: dict, tx, mesh, rules: str) -> dict:
+    """Shardings for the train state: params/frozen by the rules table (the model's ``cfg.runtime.sharding``),
+    optimizer moments like their params (``optax.tree_map_params``), scalars and counters replicated."""
     rep = NamedSharding(mesh, PartitionSpec())
     p_sh = sh.param_shardings(abstract_state["params"], mesh, rules)
     f_sh = sh.param_shardings(abstract_state["frozen"], mesh, rules)
@@ -150,8 +149,10 @@ def state_shardings(abstract_state: dict, tx, mesh, rules="fsdp") -> dict:
     return {"params": p_sh, "frozen": f_sh, "opt": opt_sh, "step": rep, "key": rep}
 
 
-def init_state(model, tx, trainable_filter, mesh, seed: int, rules="fsdp"):
-    """Sharded initial train state for ``model`` -> (graphdef, state, shardings)."""
+def init_state(model, tx, trainable_filter, mesh, seed: int):
+    """Sharded initial train state for ``model`` (rules ``model.cfg.runtime.sharding``) -> (graphdef, state,
+    shardings)."""
+    rules = model.cfg.runtime.sharding
     graphdef, params, frozen = split_model(model, trainable_filter)
     abstract = {"params": params, "frozen": frozen, "opt": jax.eval_shape(tx.init, params),
                 "step": jax.ShapeDtypeStruct((), jnp.int32), "key": jax.ShapeDtypeStruct((2,), jnp.uint32)}
@@ -170,8 +171,9 @@ def abstract_state(state) -> dict:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-def batch_shardings(mesh, batch: dict, rules="fsdp") -> dict:
-    """Per field ``[accum, B, ...]``: dim 1 over the batch mesh axes (dropped when they don't divide B)."""
+def batch_shardings(mesh, batch: dict, rules: str) -> dict:
+    """Per field ``[accum, B, ...]``: dim 1 over the batch mesh axes of ``rules`` (the model's
+    ``cfg.runtime.sharding``; dropped when they don't divide B)."""
     out = {}
     for k, v in batch.items():
         if v.ndim < 2:
@@ -182,7 +184,7 @@ def batch_shardings(mesh, batch: dict, rules="fsdp") -> dict:
     return out
 
 
-def to_global(batch: dict, mesh, global_batch: int, rules="fsdp") -> dict:
+def to_global(batch: dict, mesh, global_batch: int, rules: str) -> dict:
     """Process-local numpy step ``[accum, b_local, ...]`` -> global jax arrays ``[accum, B, ...]``."""
     shapes = {k: (v.shape[0], global_batch) + v.shape[2:] for k, v in batch.items()}
     shard = batch_shardings(mesh, {k: _Shape(s) for k, s in shapes.items()}, rules)
