@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Convert a released Video-XL PyTorch checkpoint to our format (or back with --to-torch).
 
     python convert_weights.py --src HF_DIR --dst OUT_DIR [--dtype bfloat16|float32]
@@ -12,21 +11,14 @@ reported in one message and nothing is written; the exit status is then 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} GB"
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line; relative paths made absolute (Orbax, reading our folders, wants absolute paths)."""
+    ap = argparse.ArgumentParser(prog="convert_weights.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", required=True, help="source folder")
     ap.add_argument("--dst", required=True, help="destination folder (must not exist or be empty)")
     ap.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default=None,
@@ -40,40 +32,20 @@ def main(argv=None) -> int:
     ap.add_argument("--max-shard-gb", type=float, default=5.0, help="--to-torch shard size")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    # Orbax (reading our folders) wants absolute paths: resolve relative ones against the current directory.
     args.src, args.dst = os.path.abspath(args.src), os.path.abspath(args.dst)
     if args.vision_config:
         args.vision_config = os.path.abspath(args.vision_config)
+    return args
 
-    from vxl_jax.config import ConfigError
-    from vxl_jax.convert import ConversionError, convert, export_torch
 
-    try:
-        if args.to_torch:
-            if args.vision_config or args.init_beacon:
-                raise ConversionError("--vision-config/--init-beacon apply to torch -> ours only")
-            summary = export_torch(args.src, args.dst, dtype=args.dtype,
-                                   max_shard_bytes=int(args.max_shard_gb * (1 << 30)), progress=not args.quiet)
-        else:
-            summary = convert(args.src, args.dst, dtype=args.dtype, vision_config=args.vision_config,
-                              init_beacon=args.init_beacon, progress=not args.quiet)
-    except (ConversionError, ConfigError) as e:  # one message (it may list every offending tensor)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as e:  # anything else that reaches here (e.g. from Orbax): one line, no traceback
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
-    if summary["direction"] == "torch->jax":
-        line = (f"converted {summary['source_tensors']} tensors ({summary['source_format']}) into "
-                f"{summary['parameter_arrays']} arrays, {summary['parameters']:,} parameters, "
-                f"{_human(summary['written_bytes'])} {summary['dtype']}")
-    else:
-        line = (f"exported {summary['tensors']} tensors in {len(summary['shards'])} safetensors file(s), "
-                f"{_human(summary['bytes'])} {summary['dtype']}")
-    print(f"{line} in {summary['seconds']:.1f} s -> {args.dst}", file=sys.stderr)
-    return 0
+def main(argv=None) -> int:
+    """``convert_weights.py``: the summary (JSON) on stdout -> 0; bad input -> one message on stderr and 2."""
+    args = parse_args(argv)
+    # The CLI's one lazy import: the converter stack (orbax, tensorstore, transformers) is loaded after the
+    # arguments are parsed, so --help and usage errors load none of it (tests/test_imports.py).
+    from vxl_jax.cli import convert_run
+
+    return convert_run.run(args)
 
 
 if __name__ == "__main__":
