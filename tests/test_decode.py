@@ -137,7 +137,7 @@ def test_cli_stream_writes_the_final_answer(tiny_cfg):
     """infer.py's AnswerStream: chunks written as they arrive add up to exactly decode(ids).strip() + newline."""
     import io
 
-    from vxl_jax.cli import infer
+    from vxl_jax.cli.infer_report import AnswerStream
     from vxl_jax.text.tokenizer import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
@@ -145,7 +145,7 @@ def test_cli_stream_writes_the_final_answer(tiny_cfg):
     for trial in range(20):
         ids = rng.integers(0, tiny_cfg.lm.vocab_size, int(rng.integers(1, 40)))
         out = io.StringIO()
-        stream, early = infer.AnswerStream(tok, out), []
+        stream, early = AnswerStream(tok, out), []
         for start in range(0, len(ids), 4):
             stream(ids[start:start + 4])
             early.append(out.getvalue())

@@ -5,20 +5,38 @@
   ``vxl_jax/__init__.py`` is the public facade and is left out);
 - our own modules are imported at the top of a module, not inside functions, except the pairs in
   :data:`LOCAL_IMPORTS_ALLOWED`, each with its reason.
+
+Two lazy imports are by design: the root package exports its names on first use (``vxl_jax/__init__.py``'s
+PEP 562 ``__getattr__``, through ``importlib``, so the scan does not see it;
+:func:`test_import_vxl_jax_loads_no_jax`), and each CLI parses its arguments in a light module whose ``main``
+imports the command's heavy module after parsing (listed below; :func:`test_cli_help_loads_no_jax` runs
+``--help`` in a subprocess).
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import pathlib
+import subprocess
+import sys
 
-PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "vxl_jax"
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "vxl_jax"
+HEAVY = {"jax", "jaxlib", "flax", "orbax", "tensorstore", "transformers", "torch"}  # seconds to import
 
 # (importing module, imported module) -> why the import stays inside a function. Every entry must still be
 # needed (test_allow_list_is_current).
 LOCAL_IMPORTS_ALLOWED = {
     ("vxl_jax.infer.api", "vxl_jax.convert.folder"): "import time: the converter stack (orbax, tensorstore, transformers) "
                                            "is loaded by VideoXL.load only, not by `import vxl_jax`",
+    ("vxl_jax.cli.infer", "vxl_jax.cli.infer_flow"): "the CLI's one lazy import: infer.py's parser (argparse and the "
+                                                     "standard library) answers --help and usage errors without "
+                                                     "loading jax; main imports the flow after parsing",
+    ("vxl_jax.cli.convert", "vxl_jax.cli.convert_run"): "the CLI's one lazy import: convert_weights.py --help and "
+                                                        "usage errors load neither jax nor the converter stack",
 }
 
 
@@ -134,3 +152,33 @@ def test_allow_list_is_current():
     _, local = _imports(_modules())
     stale = sorted(pair for pair in LOCAL_IMPORTS_ALLOWED if pair not in local)
     assert not stale, f"LOCAL_IMPORTS_ALLOWED lists imports that are gone (remove them): {stale}"
+
+
+def _imported(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``python -X importtime ARGS`` at the repository root -> (the process, the top-level names of every
+    module it imported)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True, timeout=120,
+                       check=False, cwd=ROOT)
+    names = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in r.stderr.splitlines()
+             if line.startswith("import time:") and "|" in line}
+    return r, names
+
+
+@pytest.mark.parametrize("script", ["infer.py", "convert_weights.py"])
+def test_cli_help_loads_no_jax(script):
+    """``--help`` answers from the light parser module: exit 0, the usage on stdout, no heavy import."""
+    r, names = _imported(script, "--help")
+    assert r.returncode == 0 and r.stdout.startswith(f"usage: {script}"), r.stderr[-2000:]
+    assert "vxl_jax" in names and not names & HEAVY, sorted(names & HEAVY)
+
+
+def test_import_vxl_jax_loads_no_jax():
+    """``import vxl_jax`` loads none of the heavy stack; each public name resolves to its module's object."""
+    r, names = _imported("-c", "import vxl_jax")
+    assert r.returncode == 0 and "vxl_jax" in names and not names & HEAVY, (r.stderr[-2000:], sorted(names & HEAVY))
+    import vxl_jax
+
+    for name in vxl_jax.__all__:
+        assert getattr(vxl_jax, name) is getattr(importlib.import_module(vxl_jax._EXPORTS[name]), name)
+    with pytest.raises(AttributeError):
+        vxl_jax.no_such_name  # noqa: B018

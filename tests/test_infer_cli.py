@@ -286,14 +286,14 @@ def test_live_reader_waits_when_the_model_falls_behind(work, tmp_path, monkeypat
     import numpy as np
 
     monkeypatch.syspath_prepend(str(ROOT))
-    from vxl_jax.cli import infer as cli
+    from vxl_jax.cli import infer_live
 
     frames = np.random.default_rng(0).integers(0, 256, (10, 4, 6, 3), dtype=np.uint8)
     (tmp_path / "s.rgb").write_bytes(frames.tobytes())
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no questions
     a = argparse.Namespace(live=str(tmp_path / "s.rgb"), live_size=(6, 4), live_fps=None, fps=None, live_idle=0.1,
                            live_buffer=3, question=None)
-    frames_q, questions_q = cli.start_live_readers(a)
+    frames_q, questions_q = infer_live.start_live_readers(a)
     deadline = time.monotonic() + 10
     while not frames_q.full() and time.monotonic() < deadline:
         time.sleep(0.01)
