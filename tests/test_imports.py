@@ -30,8 +30,6 @@ HEAVY = {"jax", "jaxlib", "flax", "orbax", "tensorstore", "transformers", "torch
 # (importing module, imported module) -> why the import stays inside a function. Every entry must still be
 # needed (test_allow_list_is_current).
 LOCAL_IMPORTS_ALLOWED = {
-    ("vxl_jax.infer.api", "vxl_jax.convert.folder"): "import time: the converter stack (orbax, tensorstore, transformers) "
-                                           "is loaded by VideoXL.load only, not by `import vxl_jax`",
     ("vxl_jax.cli.infer", "vxl_jax.cli.infer_flow"): "the CLI's one lazy import: infer.py's parser (argparse and the "
                                                      "standard library) answers --help and usage errors without "
                                                      "loading jax; main imports the flow after parsing",

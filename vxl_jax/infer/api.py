@@ -12,23 +12,20 @@ only). ``pixel_values`` are preprocessed float32 frames [F, 3, 336, 336], or raw
 
 from __future__ import annotations
 
-import resource
-import time
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence, overload
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from vxl_jax.beacon.memory import KVMemory, drop_text
 from vxl_jax.beacon.ratios import ORIGINAL_RATIO_SEED
 from vxl_jax.config import VideoXLConfig
 from vxl_jax.convert.folder import load_converted
 from vxl_jax.infer import memory_file
-from vxl_jax.infer.core import DECODE_CHUNK, InferenceCore, Row, video_input
+from vxl_jax.infer.core import DECODE_CHUNK, InferenceCore, Row, is_batch, rows_of_call, video_input
+from vxl_jax.infer.reports import Clock, TokenProgress, peak_memory_bytes
 from vxl_jax.infer.results import GenerateOutput, PrefillResult, VideoMemory, split_prompt
 from vxl_jax.infer.sampling import SamplingParams
 from vxl_jax.infer.session import Session, load, start
@@ -94,7 +91,7 @@ class VideoXL:
         the video only, to ask again). ``ratio``: an int (default 8) or a list (step-random, drawn from
         ``ratio_rng`` or ``self.ratio_rng``); ``features``: visual tokens [N, D] instead of frames;
         ``extra_slots``: memory room to reserve; ``keep_memory=False`` drops every beacon (ablation)."""
-        clock = _Clock(self.engine)
+        clock = Clock(self.engine)
         row = Row.from_prompt(input_ids, video_input(self.cfg, pixel_values, features))
         p = self.core.prompt([row], ratio, rng=self._rng(ratio_rng), room=extra_slots, keep=keep_memory,
                              progress=progress)
@@ -108,8 +105,8 @@ class VideoXL:
     def score(self, text_ids, memory: VideoMemory | KVMemory | Sequence | None = None):
         """fp32 logits [n, V] of every position of ``text_ids`` over ``memory`` (a saved video memory; None:
         the text alone). Lists: B texts over one memory or B memories, in one batched call -> B arrays."""
-        single = not _is_batch(text_ids)
-        rows = self._rows(text_ids if not single else [text_ids], None, memory)
+        single = not is_batch(text_ids)
+        rows = rows_of_call(self.cfg, text_ids if not single else [text_ids], None, memory)
         p = self.core.prompt(rows)
         out = [p.row_logits(b) for b in range(len(rows))]
         return out[0] if single else out
@@ -137,6 +134,18 @@ class VideoXL:
                 ids.add(tid)
         return ids
 
+    @overload
+    def generate(self, input_ids, pixel_values=..., ratio=..., max_new_tokens=..., *,
+                 return_output: Literal[True], **kwargs) -> GenerateOutput: ...
+
+    @overload
+    def generate(self, input_ids, pixel_values=..., ratio=..., max_new_tokens=..., *, return_logits: Literal[True],
+                 **kwargs) -> tuple[np.ndarray | list[np.ndarray], np.ndarray | list[np.ndarray]]: ...
+
+    @overload
+    def generate(self, input_ids, pixel_values=..., ratio=..., max_new_tokens=..., **kwargs
+                 ) -> np.ndarray | list[np.ndarray]: ...
+
     def generate(self, input_ids, pixel_values=None, ratio=None, max_new_tokens: int | None = None, *,
                  do_sample=None, temperature=None, top_k=None, top_p=None, repetition_penalty=None, seed=0,
                  memory=None, stop_ids=None, features=None, progress: bool = False, return_logits: bool = False,
@@ -150,11 +159,11 @@ class VideoXL:
         arrays, each equal to its single call. Returns the ids (a list for lists); with ``return_logits`` also
         the fp32 [n, V] logits each token was chosen from; with ``return_output`` a :class:`GenerateOutput`.
         """
-        clock = _Clock(self.engine)
-        single = not (_is_batch(input_ids) or isinstance(memory, (list, tuple)))
+        clock = Clock(self.engine)
+        single = not (is_batch(input_ids) or isinstance(memory, (list, tuple)))
         if not single and (features is not None or stream is not None):
             raise ValueError("features= and stream= take one prompt; call generate once per prompt for them")
-        rows = self._rows([input_ids] if single else input_ids, [pixel_values] if single else pixel_values, memory,
+        rows = rows_of_call(self.cfg, [input_ids] if single else input_ids, [pixel_values] if single else pixel_values, memory,
                           features)
         max_new = int(max_new_tokens if max_new_tokens is not None else self.generation_config.get("max_new_tokens", 64))
         if max_new < 1:
@@ -165,8 +174,8 @@ class VideoXL:
         params = self.sampling_params(do_sample, temperature, top_k, top_p, repetition_penalty)
         p = self.core.prompt(rows, ratio, rng=self._rng(ratio_rng), room=max_new, progress=progress)
         prompt = clock.report(rows[0], p.memory) if single else clock.batch_report(len(rows))
-        clock = _Clock(self.engine)
-        bar = _Progress(max_new, progress and stream is None)
+        clock = Clock(self.engine)
+        bar = TokenProgress(max_new, progress and stream is None)
         ids, logits, mem = self.core.decode(
             p.memory, p.last(), [r.seen for r in rows], params=params, max_new=max_new, seeds=seeds, chunk=chunk,
             stops=set(stop_ids) if stop_ids is not None else self.stop_ids(), return_logits=return_logits,
@@ -178,28 +187,6 @@ class VideoXL:
         if return_output:
             return out
         return (out.ids, out.step_logits) if return_logits else out.ids
-
-    def _rows(self, input_ids, pixel_values, memory, features=None) -> list[Row]:
-        """The B prompts of a call as core rows (saved memories, or prompts with their videos)."""
-        if not _is_batch(input_ids):
-            raise ValueError("with a list of memories, input_ids must be a list of 1-D id arrays (one per memory)")
-        B = len(input_ids)
-        where = (lambda i: f"prompt {i}: ") if B > 1 else (lambda i: "")
-        if memory is not None:
-            if pixel_values is not None and any(p is not None for p in pixel_values):
-                raise ValueError("give pixel_values or memory, not both")
-            mems = list(memory) if isinstance(memory, (list, tuple)) else [memory] * B
-            if len(mems) != B:
-                raise ValueError(f"{len(mems)} memories for {B} prompts")
-            return [Row.over_memory(m, t, where(i)) for i, (m, t) in enumerate(zip(mems, input_ids))]
-        if pixel_values is not None and not isinstance(pixel_values, (list, tuple)):
-            raise ValueError("with a list of prompts, pixel_values must be a list (one entry per prompt, None for "
-                             "text only) or None")
-        pixels = list(pixel_values) if pixel_values is not None else [None] * B
-        if len(pixels) != B:
-            raise ValueError(f"{len(pixels)} pixel_values for {B} prompts")
-        return [Row.from_prompt(ids, video_input(self.cfg, px, features), where(i))
-                for i, (ids, px) in enumerate(zip(input_ids, pixels))]
 
     def _rng(self, rng):
         return self.ratio_rng if rng is None else rng
@@ -232,73 +219,6 @@ class VideoXL:
     def load_memory(self, path) -> VideoMemory:
         """Read :meth:`save_memory`'s file; one made by another model raises ``MemoryMismatchError``."""
         return memory_file.load_video_memory(path, self.cfg, self.core.dtype, self.fingerprint())
-
-
-def _is_batch(input_ids) -> bool:
-    """A list / tuple of 1-D id sequences (not one prompt given as a list of ints)."""
-    return isinstance(input_ids, (list, tuple)) and len(input_ids) > 0 and all(np.ndim(x) == 1 for x in input_ids)
-
-
-class _Clock:
-    """One call's wall time and the engine's compile / run time since it started -> read-only reports."""
-
-    def __init__(self, engine):
-        self.engine, self.t0 = engine, time.perf_counter()
-        self.c0, self.r0 = engine.compile_s, engine.run_s
-
-    def _times(self, compile_key="compile_s", run_key="run_s") -> dict:
-        return {compile_key: self.engine.compile_s - self.c0, run_key: self.engine.run_s - self.r0,
-                "peak_mem_bytes": peak_memory_bytes()}
-
-    def report(self, row: Row, mem: KVMemory) -> Mapping[str, Any]:
-        """The prompt stage of one row: frames, visual tokens, kept KV, times."""
-        if row.memory is not None:
-            frames, visual = row.memory.frames, row.memory.visual_tokens
-        elif row.video is not None:
-            frames, visual = row.video.frames, row.video.num_visual(self.engine.cfg.beacon)
-        else:
-            frames, visual = 0, 0
-        sizes = mem.host_sizes()
-        return MappingProxyType({"frames": frames, "visual_tokens": visual, "kept_kv": sizes["total"],
-                                 "memory_sizes": sizes, **self._times(),
-                                 "wall_s": time.perf_counter() - self.t0})
-
-    def batch_report(self, batch: int) -> Mapping[str, Any]:
-        return MappingProxyType({"batch": batch, **self._times(), "wall_s": time.perf_counter() - self.t0})
-
-    def decode_report(self, ids, mem: KVMemory, single: bool) -> Mapping[str, Any]:
-        kept = [int(x) for x in np.asarray(mem.length)]
-        return MappingProxyType({"generated": len(ids[0]) if single else [len(i) for i in ids],
-                                 "kept_kv": kept[0] if single else kept,
-                                 **self._times("decode_compile_s", "decode_run_s")})
-
-
-class _Progress:
-    """A token progress bar (off when a stream shows the answer itself) chained before a chunk callback."""
-
-    def __init__(self, total: int, show: bool):
-        self.bar = tqdm(total=total, desc="generate", unit="tok", disable=not show, leave=False)
-
-    def chained(self, then):
-        def on_chunk(new):
-            self.bar.update(len(new[0]))
-            if then is not None:
-                then(new)
-        return on_chunk
-
-    def close(self):
-        self.bar.close()
-
-
-def peak_memory_bytes() -> int:
-    """Accelerator peak bytes in use when the backend reports it, else the process's peak RSS."""
-    try:
-        stats = jax.devices()[0].memory_stats() or {}
-        if "peak_bytes_in_use" in stats:
-            return int(stats["peak_bytes_in_use"])
-    except Exception:  # pragma: no cover - backend without memory stats
-        pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 __all__ = ["VideoXL", "VideoMemory", "PrefillResult", "GenerateOutput", "split_prompt", "peak_memory_bytes"]

@@ -164,6 +164,35 @@ def padded_texts(texts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return ids, n
 
 
+def is_batch(input_ids) -> bool:
+    """A list / tuple of 1-D id sequences (not one prompt given as a list of ints)."""
+    return isinstance(input_ids, (list, tuple)) and len(input_ids) > 0 and all(np.ndim(x) == 1 for x in input_ids)
+
+
+def rows_of_call(cfg, input_ids, pixel_values, memory, features=None) -> list[Row]:
+    """The B prompts of an API call as rows: B texts over saved memories (``memory`` one for every row, or B),
+    or B prompts with ``pixel_values`` None or B entries (None: text only)."""
+    if not is_batch(input_ids):
+        raise ValueError("with a list of memories, input_ids must be a list of 1-D id arrays (one per memory)")
+    B = len(input_ids)
+    where = (lambda i: f"prompt {i}: ") if B > 1 else (lambda i: "")
+    if memory is not None:
+        if pixel_values is not None and any(p is not None for p in pixel_values):
+            raise ValueError("give pixel_values or memory, not both")
+        mems = list(memory) if isinstance(memory, (list, tuple)) else [memory] * B
+        if len(mems) != B:
+            raise ValueError(f"{len(mems)} memories for {B} prompts")
+        return [Row.over_memory(m, t, where(i)) for i, (m, t) in enumerate(zip(mems, input_ids))]
+    if pixel_values is not None and not isinstance(pixel_values, (list, tuple)):
+        raise ValueError("with a list of prompts, pixel_values must be a list (one entry per prompt, None for "
+                         "text only) or None")
+    pixels = list(pixel_values) if pixel_values is not None else [None] * B
+    if len(pixels) != B:
+        raise ValueError(f"{len(pixels)} pixel_values for {B} prompts")
+    return [Row.from_prompt(ids, video_input(cfg, px, features), where(i))
+            for i, (ids, px) in enumerate(zip(input_ids, pixels))]
+
+
 @dataclasses.dataclass(frozen=True)
 class Prompted:
     """What :meth:`InferenceCore.prompt` returns for B rows."""
