@@ -1,13 +1,33 @@
-"""infer.py as a new user runs it: subprocesses on the embedded tiny model, answers checked against the API."""
+"""infer.py as a new user runs it, on the embedded tiny model; answers checked against the API.
 
+A few runs go through the real entry point in a subprocess (``python infer.py ...``): the exit code, only the
+answer on stdout, --stats, --save-memory then --memory, a converted --model folder, --live questions on stdin.
+Every other case (usage errors, the other modes, warnings) calls ``vxl_jax.cli.infer.main([...])`` in this
+process: it returns the exit code, its stdout and stderr are read with capsys, and each call is checked to
+leave the process as it found it (jax config, environment, working directory, logging, standard streams).
+"""
+
+import argparse
+import io
+import logging
 import os
 import pathlib
 import subprocess
 import sys
+import time
 
+import decord  # noqa: F401 - adds its library folder to PATH when first imported: done before main() is checked
+import jax
+import numpy as np
 import pytest
 
-from vxl_jax.media.video import write_sample_video
+from vxl_jax.cli import infer as cli
+from vxl_jax.cli import infer_live
+from vxl_jax.convert.folder import save_converted
+from vxl_jax.infer.demo import GENERATION_DEFAULTS, default_model
+from vxl_jax.media.preprocess import preprocess_frames
+from vxl_jax.media.video import load_video, write_sample_video
+from vxl_jax.text.prompt import question_ids
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUESTION = "What is in the video?"
@@ -18,29 +38,78 @@ CACHE = {}
 
 
 def infer(*args, cwd, timeout=300, env=None):
-    """Run infer.py; the runs of this module share one fresh XLA compilation cache (as repeated user runs do)."""
+    """Run infer.py in a subprocess; the runs share one persistent XLA cache (as repeated user runs do): the
+    test run's own (tests/conftest.py), so they reuse what this process compiled, or a fresh one for the module."""
     cmd = [sys.executable, str(ROOT / "infer.py"), *map(str, args), "--compile-cache", CACHE["dir"]]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
+def _process_state() -> dict:
+    """What an in-process ``main`` must leave as it found it: {part: value or {name: value}}."""
+    loggers = [("root", logging.root), *logging.root.manager.loggerDict.items()]
+    return {
+        "jax config": dict(jax.config.values),
+        "environment": dict(os.environ),
+        "working directory": os.getcwd(),
+        "logging": {name: (lg.level, list(lg.handlers), lg.propagate, lg.disabled) for name, lg in loggers
+                    if isinstance(lg, logging.Logger)},
+        "standard streams": (sys.stdin, sys.stdout, sys.stderr),
+    }
+
+
+def _changes(before: dict, after: dict) -> dict:
+    """{part: names changed, added or gone} between two ``_process_state``s; a logger first created during the
+    call (a module imported for the first time) is not a change, its settings are checked on the next call."""
+    out = {}
+    for part, old in before.items():
+        new = after[part]
+        if not isinstance(old, dict):
+            if new != old:
+                out[part] = (old, new)
+            continue
+        keys = {k for k in old if k not in new or new[k] != old[k]}
+        if part != "logging":
+            keys |= set(new) - set(old)
+        if keys:
+            out[part] = sorted(map(str, keys))
+    return out
+
+
+@pytest.fixture
+def main(monkeypatch, capsys):
+    """``main(*args, cwd=DIR, env={...})`` -> CompletedProcess (returncode, stdout, stderr) of ``cli.main`` run in
+    this process from ``cwd`` with ``--compile-cache none`` (the test run's cache stays as it is); fails when the
+    call changed the process (see ``_process_state``)."""
+
+    def run(*args, cwd, env=None):
+        monkeypatch.chdir(cwd)
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        argv = [*map(str, args), "--compile-cache", "none"]
+        capsys.readouterr()
+        before = _process_state()
+        code = cli.main(argv)
+        out, err = capsys.readouterr()
+        changed = _changes(before, _process_state())
+        assert not changed, f"main({argv}) changed the process: {changed}"
+        return subprocess.CompletedProcess(argv, code, out, err)
+
+    return run
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    CACHE["dir"] = str(d / "xla_cache")
+    CACHE["dir"] = jax.config.jax_compilation_cache_dir or str(d / "xla_cache")
     write_sample_video(d / "clip.mp4", num_frames=12, size=(160, 96))  # 12 frames: 2 windows of the tiny model
     return d
 
 
 @pytest.fixture(scope="module")
-def expected_answer(work):
+def expected_answer(work, demo_vx):
     """The answer computed in-process through the API (12 frames, ratio 8, 4 greedy tokens)."""
-    from vxl_jax.infer.demo import default_model
-    from vxl_jax.media.preprocess import preprocess_frames
-    from vxl_jax.text.prompt import question_ids
-    from vxl_jax.media.video import load_video
-
-    vx = default_model()
+    vx = demo_vx
     frames, _ = load_video(work / "clip.mp4", 12)
     ids = vx.generate(question_ids(QUESTION, vx.tokenizer), preprocess_frames(frames), ratio=8, max_new_tokens=4)
     assert 1 <= len(ids) <= 4
@@ -72,14 +141,11 @@ def test_answer_from_saved_memory(first_run, expected_answer, work):
     assert r.stdout == expected_answer + "\n" and r.stderr == ""
 
 
-def test_converted_model_folder(first_run, expected_answer, work):
+def test_converted_model_folder(first_run, expected_answer, work, demo_vx, main):
     """--model DIR: the embedded model saved as a converted folder (with its tokenizer) gives the same answer."""
-    from vxl_jax.convert.folder import save_converted
-    from vxl_jax.infer.demo import GENERATION_DEFAULTS, default_model
-
-    vx = default_model()
+    vx = demo_vx
     save_converted(work / "tiny_ckpt", vx.model, vx.tokenizer, GENERATION_DEFAULTS)
-    r = infer("--model", "tiny_ckpt", "--question", QUESTION, cwd=work)  # no --video with a real model
+    r = main("--model", "tiny_ckpt", "--question", QUESTION, cwd=work)  # no --video with a real model
     assert r.returncode == 2 and "--video is required" in r.stderr and r.stdout == ""
     r = infer("--model", "tiny_ckpt", "--memory", "clip.mem", "--question", QUESTION, "--max-new-tokens", 4,
               cwd=work)
@@ -87,18 +153,18 @@ def test_converted_model_folder(first_run, expected_answer, work):
     assert r.stdout == expected_answer + "\n" and EMBEDDED_NOTE not in r.stderr
 
 
-def test_more_frames_than_the_video_is_a_warning(work, expected_answer):
-    r = infer("--video", "clip.mp4", "--question", QUESTION, "--max-new-tokens", 4, cwd=work)  # default: 20 frames
+def test_more_frames_than_the_video_is_a_warning(work, expected_answer, main):
+    r = main("--video", "clip.mp4", "--question", QUESTION, "--max-new-tokens", 4, cwd=work)  # default: 20 frames
     assert r.returncode == 0, r.stderr
     assert "warning: 20 frames requested but clip.mp4 has only 12: using all 12 frames" in r.stderr
     assert r.stdout == expected_answer + "\n"  # the same 12 frames as the first run
 
 
-def test_no_video_uses_a_generated_sample(work, tmp_path):
+def test_no_video_uses_a_generated_sample(work, tmp_path, main):
     cache = tmp_path / "cache"
     run_dir = tmp_path / "cwd"
     run_dir.mkdir()
-    r = infer("--question", QUESTION, "--max-new-tokens", 2, cwd=run_dir, env={"XDG_CACHE_HOME": str(cache)})
+    r = main("--question", QUESTION, "--max-new-tokens", 2, cwd=run_dir, env={"XDG_CACHE_HOME": str(cache)})
     assert r.returncode == 0, r.stderr
     sample = cache / "vxl_jax" / "sample.mp4"  # in the user's cache, not the current directory
     assert sample.is_file() and "sample video" in r.stderr and str(sample) in r.stderr
@@ -132,11 +198,11 @@ def _bad_videos(d: pathlib.Path):
 ], ids=["missing", "corrupt", "zero-frames", "ratio", "ratio-zero", "ratio-not-int", "ratio-list",
         "prompt-over-context", "two-placeholders", "frames", "greedy-temp",
         "video-and-memory", "missing-memory", "missing-model"])
-def test_bad_input_is_one_line_and_exit_2(work, args, message):
+def test_bad_input_is_one_line_and_exit_2(work, main, args, message):
     _bad_videos(work)
     if "--question" not in args:
         args = [*args, "--question", QUESTION]
-    r = infer(*args, "--quiet", cwd=work, timeout=120)
+    r = main(*args, "--quiet", cwd=work)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
@@ -145,9 +211,6 @@ def test_bad_input_is_one_line_and_exit_2(work, args, message):
 
 
 def test_sampling_flags_map_to_generate_keywords():
-    sys.path.insert(0, str(ROOT))
-    from vxl_jax.cli import infer as cli
-
     kw = cli.sampling_kwargs(cli.parse_args(["--question", "q", "--greedy"]))
     assert kw["do_sample"] is False
     kw = cli.sampling_kwargs(cli.parse_args(["--question", "q", "--temperature", "0.7", "--top-p", "0.9"]))
@@ -185,17 +248,12 @@ def test_stats_name_each_stage(first_run):
     assert kept == total + generated - 1 and f"prompt_memory total {total}" in stats["kept_kv"]
 
 
-def test_ratio_list_is_step_random_mode(work):
+def test_ratio_list_is_step_random_mode(work, main):
     """--ratio 2,8: the library's step-random mode (a ratio drawn per window), same answer as the API."""
-    from vxl_jax.infer.demo import default_model
-    from vxl_jax.media.preprocess import preprocess_frames
-    from vxl_jax.text.prompt import question_ids
-    from vxl_jax.media.video import load_video
-
-    vx = default_model()
+    vx = default_model()  # its own: the ratio RNG must start where infer.py's model starts
     frames, _ = load_video(work / "clip.mp4", 12)
     ids = vx.generate(question_ids(QUESTION, vx.tokenizer), preprocess_frames(frames), ratio=[2, 8], max_new_tokens=2)
-    r = infer("--video", "clip.mp4", "--question", QUESTION, "--max-new-tokens", 2, "--frames", 12, "--ratio", "2,8",
+    r = main("--video", "clip.mp4", "--question", QUESTION, "--max-new-tokens", 2, "--frames", 12, "--ratio", "2,8",
               "--quiet", cwd=work)
     assert r.returncode == 0, r.stderr
     answer = vx.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -205,9 +263,6 @@ def test_ratio_list_is_step_random_mode(work):
 def _converted(work, name, seed=0, swap_logits=None):
     """The embedded model (``seed``: its random init) saved as a converted folder; ``swap_logits=(a, b)`` swaps
     two lm_head columns (the model then says b where it said a)."""
-    from vxl_jax.convert.folder import save_converted
-    from vxl_jax.infer.demo import GENERATION_DEFAULTS, default_model
-
     if not (work / name).exists():
         vx = default_model(seed=seed)
         if swap_logits is not None:
@@ -218,51 +273,49 @@ def _converted(work, name, seed=0, swap_logits=None):
     return name
 
 
-def test_empty_answer_gets_a_notice(first_run, expected_answer, work):
+def test_empty_answer_gets_a_notice(first_run, expected_answer, work, main):
     """A model whose first token is the eos token (as the briefly trained demo's) answers nothing: say why."""
     assert first_run.returncode == 0, first_run.stderr
     first = CACHE["first_id"]
     model = _converted(work, "stops_at_once", swap_logits=(first, 2))  # its first token becomes eos (2)
-    r = infer("--model", model, "--memory", "clip.mem", "--question", QUESTION, "--max-new-tokens", 4, "--quiet",
+    r = main("--model", model, "--memory", "clip.mem", "--question", QUESTION, "--max-new-tokens", 4, "--quiet",
               cwd=work)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "\n"  # the stdout format is unchanged: the (empty) answer and a newline
     assert "empty answer" in r.stderr and "stopped at once (its first token was the stop token 2)" in r.stderr
 
 
-def test_memory_from_another_model_is_refused(first_run, work):
+def test_memory_from_another_model_is_refused(first_run, work, main):
     assert first_run.returncode == 0, first_run.stderr
     model = _converted(work, "other_seed", seed=1)
-    r = infer("--model", model, "--memory", "clip.mem", "--question", QUESTION, "--max-new-tokens", 2, "--quiet",
+    r = main("--model", model, "--memory", "clip.mem", "--question", QUESTION, "--max-new-tokens", 2, "--quiet",
               cwd=work)
     assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "made by another model" in lines[0] and "Traceback" not in r.stderr
 
 
-def test_long_question_is_a_warning(first_run, work):
+def test_long_question_is_a_warning(first_run, work, main):
     assert first_run.returncode == 0, first_run.stderr
     question = "What is the man holding in his left hand? " * 470  # 19 740 characters, 9 400 tokens
-    r = infer("--memory", "clip.mem", "--question", question, "--max-new-tokens", 1, "--quiet", cwd=work)
+    r = main("--memory", "clip.mem", "--question", question, "--max-new-tokens", 1, "--quiet", cwd=work)
     assert r.returncode == 0, r.stderr
     assert "warning: the prompt is 9" in r.stderr and "text tokens (over 2048" in r.stderr
 
 
-def test_fps_streams_the_video(work, expected_answer):
+def test_fps_streams_the_video(work, expected_answer, main):
     """--fps 24 on the 24-fps clip keeps every frame: the streamed (session) answer equals the API's."""
-    r = infer("--video", "clip.mp4", "--question", QUESTION, "--max-new-tokens", 4, "--fps", 24, "--stats", cwd=work)
+    r = main("--video", "clip.mp4", "--question", QUESTION, "--max-new-tokens", 4, "--fps", 24, "--stats", cwd=work)
     assert r.returncode == 0, r.stderr
     assert r.stdout == expected_answer + "\n"
     assert "streaming 12 frames at 24 fps" in r.stderr
     assert "frames: 12" in r.stderr and "visual_tokens: 1728" in r.stderr and "read_video_s" in r.stderr
-    bad = infer("--video", "clip.mp4", "--question", QUESTION, "--fps", 1, "--frames", 4, cwd=work)
+    bad = main("--video", "clip.mp4", "--question", QUESTION, "--fps", 1, "--frames", 4, cwd=work)
     assert bad.returncode == 2 and "not both" in bad.stderr
 
 
-def test_live_answers_questions_from_stdin(work, expected_answer):
+def test_live_answers_questions_from_stdin(work, expected_answer, main):
     """--live: raw RGB24 frames from a file, questions on stdin, one answer per question on stdout."""
-    from vxl_jax.media.video import load_video
-
     frames, _ = load_video(work / "clip.mp4", 12)
     (work / "clip.rgb").write_bytes(frames.tobytes())
     cmd = [sys.executable, str(ROOT / "infer.py"), "--live", "clip.rgb", "--live-size", "160x96", "--max-new-tokens",
@@ -272,22 +325,13 @@ def test_live_answers_questions_from_stdin(work, expected_answer):
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"{expected_answer}\n{expected_answer}\n"  # the blank line is no question
     assert r.stderr.count("[12 frames") == 2
-    bad = infer("--live", "clip.rgb", "--live-size", "160", cwd=work)
+    bad = main("--live", "clip.rgb", "--live-size", "160", cwd=work)
     assert bad.returncode == 2 and "WIDTHxHEIGHT" in bad.stderr
 
 
-def test_live_reader_waits_when_the_model_falls_behind(work, tmp_path, monkeypatch, capsys):
+def test_live_reader_waits_when_the_model_falls_behind(work, tmp_path, monkeypatch, capsys, main):
     """--live holds at most --live-buffer frames: past that the reader waits for the model (the stream is read
     at the model's pace) instead of piling the frames up in memory; none is lost or reordered."""
-    import argparse
-    import io
-    import time
-
-    import numpy as np
-
-    monkeypatch.syspath_prepend(str(ROOT))
-    from vxl_jax.cli import infer_live
-
     frames = np.random.default_rng(0).integers(0, 256, (10, 4, 6, 3), dtype=np.uint8)
     (tmp_path / "s.rgb").write_bytes(frames.tobytes())
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no questions
@@ -305,5 +349,5 @@ def test_live_reader_waits_when_the_model_falls_behind(work, tmp_path, monkeypat
     np.testing.assert_array_equal(np.stack(got), frames)
     assert questions_q.get(timeout=10) is None
     assert "--live: 3 frames waiting for the model" in capsys.readouterr().err
-    bad = infer("--live", "s.rgb", "--live-size", "6x4", "--live-buffer", 0, cwd=tmp_path)
+    bad = main("--live", "s.rgb", "--live-size", "6x4", "--live-buffer", 0, cwd=tmp_path)
     assert bad.returncode == 2 and "--live-buffer must be at least 1" in bad.stderr
