@@ -29,6 +29,31 @@ def _golden_dir() -> pathlib.Path | None:
     return None
 
 
+# --- one persistent XLA compilation cache for the run --------------------------------------------------
+# Many modules compile the same programs (the tiny model's prefill / decode steps at the same shapes, each on a
+# fresh VideoXL); with JAX's persistent cache the second module reads them from disk instead of recompiling.
+# The directory is per Python and jax version (CI's two legs run side by side), under .pytest_cache/ (git
+# ignores it). VXL_TEST_XLA_CACHE=DIR puts it elsewhere, =none turns it off; JAX_COMPILATION_CACHE_DIR wins.
+XLA_CACHE_MIN_COMPILE_S = 0.2  # programs that compile faster than this are not worth a disk entry
+
+
+def xla_cache_dir() -> str:
+    """The directory of the run's persistent XLA cache (see above), or 'none'."""
+    import jax
+
+    env = os.environ.get("VXL_TEST_XLA_CACHE")
+    if env:
+        return env
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-jax{jax.__version__}"
+    return str(ROOT / ".pytest_cache" / "xla" / tag)
+
+
+def pytest_configure(config):
+    from vxl_jax.runtime.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache(xla_cache_dir(), min_compile_time_s=XLA_CACHE_MIN_COMPILE_S)
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> pathlib.Path:
     d = _golden_dir()
@@ -41,10 +66,41 @@ def golden_dir() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def golden_converted(golden_dir, tmp_path_factory):
+    """The golden checkpoint converted once for the whole run -> (folder, the converter's summary). No dtype is
+    given: the converter keeps the checkpoint's float32 (checked), which is what every module loads."""
+    from vxl_jax.convert import convert
+
+    out = tmp_path_factory.mktemp("golden") / "converted"
+    summary = convert(str(golden_dir / "tiny_videoxl"), str(out), progress=False)
+    assert summary["dtype"] == "float32", summary["dtype"]
+    return out, summary
+
+
+@pytest.fixture(scope="session")
+def golden_vx(golden_converted):
+    """The converted golden checkpoint loaded in float32, shared by the modules that only read it (fixed ratios:
+    its ratio RNG is never drawn; its compiled steps are reused across modules)."""
+    from vxl_jax.infer.api import VideoXL
+
+    return VideoXL.load(golden_converted[0], dtype="float32")
+
+
+@pytest.fixture(scope="session")
 def tiny_cfg():
     from vxl_jax.config import VideoXLConfig
 
     return VideoXLConfig.from_yaml(ROOT / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def demo_vx():
+    """The embedded default model (``vxl_jax.infer.demo.default_model()``), built and compiled once for the run,
+    for tests that only ask it at fixed ratios or read its weights. A test that draws step-random ratios, changes
+    the weights or inspects the compiled programs builds its own."""
+    from vxl_jax.infer.demo import default_model
+
+    return default_model()
 
 
 @pytest.fixture(scope="module")

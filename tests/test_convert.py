@@ -269,15 +269,14 @@ def _cli(*args, cwd, script="convert_weights.py"):
                           capture_output=True, text=True, env=env, cwd=cwd)
 
 
-def test_cli_relative_paths_and_unexpected_errors_are_one_line(tmp_path):
+def test_cli_relative_paths_and_unexpected_errors_are_one_line(tmp_path, demo_vx):
     """--to-torch with relative --src/--dst on a training export (an OCDBT Orbax checkpoint, which Orbax only
     reads from an absolute path: the CLI resolves them); a failure outside the converter's own checks is still
     one line and exit 2, never a traceback."""
     from vxl_jax.convert.folder import save_converted
-    from vxl_jax.infer.demo import default_model
 
     work = tmp_path / "cwd"
-    vx = default_model()
+    vx = demo_vx
     save_converted(work / "runs" / "export", vx.model, vx.tokenizer)  # what train.py writes
     r = _cli("--to-torch", "--src", "runs/export", "--dst", "torch_out", cwd=work)
     assert r.returncode == 0, r.stderr

@@ -12,19 +12,16 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from vxl_jax.infer.api import VideoXL
-from vxl_jax.convert.convert import convert
 from vxl_jax.beacon.memory import rotate_at
 
 
 @pytest.fixture(scope="module")
-def golden(golden_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("golden") / "converted"
-    convert(str(golden_dir / "tiny_videoxl"), str(out), dtype="float32", progress=False)
+def golden(golden_dir, golden_vx):
+    """The converted checkpoint (float32, shared by the run: tests/conftest.py) and the original's outputs."""
     cases = load_file(str(golden_dir / "cases.safetensors"))
     kv = load_file(str(golden_dir / "memory_kv.safetensors"))
     meta = json.loads((golden_dir / "cases_meta.json").read_text())["cases"]
-    return VideoXL.load(out, dtype="float32"), cases, kv, meta
+    return golden_vx, cases, kv, meta
 
 
 def _pixels(u8):

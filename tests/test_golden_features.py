@@ -6,18 +6,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from vxl_jax.convert import convert
-
 
 @pytest.fixture(scope="module")
-def golden(golden_dir, tmp_path_factory):
-    from vxl_jax.infer.api import VideoXL
-
-    out = str(tmp_path_factory.mktemp("golden") / "tiny_videoxl")
-    summary = convert(str(golden_dir / "tiny_videoxl"), out, progress=False)
+def golden(golden_dir, golden_converted, golden_vx):
+    """The run's one conversion of the golden checkpoint (tests/conftest.py: no dtype given), loaded in float32."""
+    summary = golden_converted[1]
     assert summary["source_tensors"] == 83 and summary["parameters"] == 171888
     assert summary["vision_config"].endswith("vision_tower_config.json")
-    return VideoXL.load(out, "float32"), load_file(str(golden_dir / "cases.safetensors"))
+    return golden_vx, load_file(str(golden_dir / "cases.safetensors"))
 
 
 def test_text_logits_full(golden):

@@ -231,18 +231,16 @@ def test_model_with_pallas_equals_xla(tiny_cfg):
     np.testing.assert_allclose(lb, la, atol=1e-5, rtol=0)
 
 
-def test_golden_video_case_with_pallas(golden_dir, tmp_path):
+def test_golden_video_case_with_pallas(golden_dir, golden_converted):
     """The original's video case (ratio 16, partial last window) through the pallas kernels (CLIP and
     LM, interpret mode): post-video logits <= 1e-4 and the greedy ids exact."""
     from safetensors.numpy import load_file
 
     from vxl_jax.infer.api import VideoXL
     from vxl_jax.config import RuntimeConfig
-    from vxl_jax.convert.convert import convert
     from vxl_jax.convert.folder import load_converted
 
-    convert(str(golden_dir / "tiny_videoxl"), str(tmp_path / "converted"), dtype="float32", progress=False)
-    cfg, model, tokenizer, gen = load_converted(tmp_path / "converted", runtime=RuntimeConfig(attention="pallas"))
+    cfg, model, tokenizer, gen = load_converted(golden_converted[0], runtime=RuntimeConfig(attention="pallas"))
     assert cfg.runtime.attention == "pallas"
     vx = VideoXL(cfg, model, tokenizer, gen)
     C = load_file(str(golden_dir / "cases.safetensors"))

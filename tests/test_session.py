@@ -142,16 +142,13 @@ def test_bad_input(vx, video):
         s.prefill(suffix)  # 144 tokens: 32 does not divide the clipped window
 
 
-def test_golden_video_cases_through_a_session(golden_dir, tmp_path_factory):
+def test_golden_video_cases_through_a_session(golden_dir, golden_vx):
     """The original's golden outputs (a partial last window) reached by adding the frames in chunks."""
     from safetensors.numpy import load_file
 
-    from vxl_jax.infer.api import VideoXL, split_prompt
-    from vxl_jax.convert.convert import convert
+    from vxl_jax.infer.api import split_prompt
 
-    out = tmp_path_factory.mktemp("golden_session") / "converted"
-    convert(str(golden_dir / "tiny_videoxl"), str(out), dtype="float32", progress=False)
-    gx = VideoXL.load(out, dtype="float32")
+    gx = golden_vx  # the converted checkpoint in float32, shared by the run (tests/conftest.py)
     C = load_file(str(golden_dir / "cases.safetensors"))
     prefix, suffix = split_prompt(C["video.input_ids"][0])
     px = C["video.frames_u8"].astype(np.float32) / 64.0 - 2.0

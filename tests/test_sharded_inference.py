@@ -170,22 +170,19 @@ def test_mesh_argument_forms():
 
 
 @pytest.fixture(scope="module")
-def golden_converted(golden_dir, tmp_path_factory):
+def golden_sharded(golden_dir, golden_converted, golden_vx):
+    """(the run's converted golden folder, the original's outputs, that folder loaded on one device in float32)."""
     from safetensors.numpy import load_file
 
-    from vxl_jax.convert.convert import convert
-
-    out = tmp_path_factory.mktemp("golden_sharded") / "converted"
-    convert(str(golden_dir / "tiny_videoxl"), str(out), dtype="float32", progress=False)
-    return out, load_file(str(golden_dir / "cases.safetensors")), VideoXL.load(out, dtype="float32")
+    return golden_converted[0], load_file(str(golden_dir / "cases.safetensors")), golden_vx
 
 
 GOLDEN = [({"tensor": 2}, 2), ({"tensor": 4}, 16), ({"data": 2, "tensor": 2}, 16)]
 
 
 @pytest.mark.parametrize("mesh,ratio", GOLDEN, ids=[f"{i}-r{r}" for i, (_, r) in zip(MESH_IDS, GOLDEN)])
-def test_golden_video_case_sharded(golden_converted, mesh, ratio):
-    path, C, single = golden_converted
+def test_golden_video_case_sharded(golden_sharded, mesh, ratio):
+    path, C, single = golden_sharded
     ids, px = C["video.input_ids"][0], C["video.frames_u8"].astype(np.float32) / 64.0 - 2.0
     vx = VideoXL.load(path, dtype="float32", mesh=mesh)
     assert _mesh_sizes(vx) == mesh
@@ -204,9 +201,9 @@ def test_golden_video_case_sharded(golden_converted, mesh, ratio):
     _assert_compiled_sharded(vx)
 
 
-def test_golden_image_and_text_cases_sharded(golden_converted):
+def test_golden_image_and_text_cases_sharded(golden_sharded):
     """Anyres image features and a text-only prompt on tensor=2: the golden logits and greedy ids."""
-    path, C, _ = golden_converted
+    path, C, _ = golden_sharded
     vx = VideoXL.load(path, dtype="float32", mesh={"tensor": 2})
     feats = vx.image_features(C["image.pixels_u8"].astype(np.float32) / 64.0 - 2.0)
     np.testing.assert_allclose(feats, C["image.image_features"], atol=1e-5, rtol=0)
@@ -222,7 +219,7 @@ def test_golden_image_and_text_cases_sharded(golden_converted):
 # ------------------------------------------------------------------ infer.py --mesh
 
 
-def test_infer_cli_mesh(tmp_path):
+def test_infer_cli_mesh(tmp_path, demo_vx):
     """``infer.py --mesh tensor=2`` prints the single-device API answer; a bad --mesh is one line, exit 2."""
     import os
     import pathlib
@@ -235,7 +232,7 @@ def test_infer_cli_mesh(tmp_path):
 
     root = pathlib.Path(__file__).resolve().parents[1]
     write_sample_video(tmp_path / "clip.mp4", num_frames=12, size=(160, 96))
-    vx = default_model()
+    vx = demo_vx
     frames, _ = load_video(tmp_path / "clip.mp4", 12)
     question = "What is in the video?"
     want = vx.tokenizer.decode(vx.generate(question_ids(question, vx.tokenizer), preprocess_frames(frames), ratio=8,

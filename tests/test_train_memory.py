@@ -5,11 +5,19 @@ import jax
 import pytest
 
 
+CACHE_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                  "jax_persistent_cache_min_entry_size_bytes")
+
+
 @pytest.fixture
 def xla_cache(tmp_path, monkeypatch):
+    """train.loop.run turns on a persistent XLA cache at $VXL_JAX_CACHE (here: not the user's); the test
+    run's own cache settings (tests/conftest.py) come back afterwards."""
     monkeypatch.setenv("VXL_JAX_CACHE", str(tmp_path / "xla"))
+    before = {name: jax.config.values[name] for name in CACHE_SETTINGS}
     yield
-    jax.config.update("jax_compilation_cache_dir", None)
+    for name, value in before.items():
+        jax.config.update(name, value)
 
 
 def test_memory_task_loss_falls(tmp_path, xla_cache):
