@@ -176,3 +176,6 @@ def pytest_collection_modifyitems(config, items):
             needs[path] = _module_needs_torch(path)
         if needs[path]:
             item.add_marker(pytest.mark.torch)
+        # CI's 3.11 leg skips `second_leg`, its 3.12 leg skips `slow` and `torch`: a test with both would run in none
+        if item.get_closest_marker("second_leg") and (item.get_closest_marker("slow") or needs[path]):
+            raise pytest.UsageError(f"{item.nodeid} is marked second_leg and slow or torch: no CI leg would run it")

@@ -120,6 +120,7 @@ def test_stacked_memory_layer_index():
     assert not np.asarray(g[0]).any() and not np.asarray(g[2]).any()
 
 
+@pytest.mark.slow  # Pallas interpret mode on a mesh: CI's Python 3.11 leg only
 def test_on_a_mesh_runs_per_shard():
     """Under the inference rules on a data 2 x tensor 2 mesh the kernel runs inside shard_map (one
     sequence, one KV head and its query heads per device); values and gradients equal the reference."""
