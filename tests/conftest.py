@@ -128,11 +128,22 @@ def prompt():
 # every test. Without torch installed (the base / [test] install, CI's Python 3.12 leg) such modules are
 # not even imported when `-m "not torch"` deselects them; if they are selected, the run stops with a
 # usage error instead of skipping them silently.
-_NEEDS_TORCH = re.compile(r"^\s*(import torch\b|from torch\b|(from|import) (tests\.)?torch_ref\b)", re.M)
+_IMPORTS = re.compile(r"^\s*(?:import|from)\s+([\w.]+)", re.M)
+
+
+def _imports_torch(path: pathlib.Path, seen: frozenset = frozenset()) -> bool:
+    """``path`` imports torch, or a helper module of tests/ (e.g. torch_ref, hf_sampling) that does."""
+    for name in _IMPORTS.findall(path.read_text()):
+        if name.split(".")[0] == "torch":
+            return True
+        helper = ROOT / "tests" / (name.removeprefix("tests.").split(".")[0] + ".py")
+        if helper.is_file() and helper != path and helper not in seen and _imports_torch(helper, seen | {path}):
+            return True
+    return False
 
 
 def _module_needs_torch(path: pathlib.Path) -> bool:
-    return path.suffix == ".py" and path.name.startswith("test_") and bool(_NEEDS_TORCH.search(path.read_text()))
+    return path.suffix == ".py" and path.name.startswith("test_") and _imports_torch(path)
 
 
 def _torch_deselected(config) -> bool:
