@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vxl_jax.infer.api import IMAGE_TOKEN_INDEX
+from vxl_jax.text.constants import IMAGE_TOKEN_INDEX
 from vxl_jax.text.prompt import (PromptError, chat_prompt, question_ids, suffix_ids, suffix_text, tokenizer_image_token)
 from vxl_jax.text.tokenizer import TINY_VOCAB_SIZE, bytes_to_unicode, build_tiny_tokenizer, learn_bpe, make_tiny_tokenizer
 
