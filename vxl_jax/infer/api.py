@@ -25,7 +25,7 @@ from vxl_jax.config import VideoXLConfig
 from vxl_jax.convert.folder import load_converted
 from vxl_jax.infer import memory_file
 from vxl_jax.infer.core import DECODE_CHUNK, InferenceCore, Row, is_batch, rows_of_call, video_input
-from vxl_jax.infer.reports import Clock, TokenProgress, peak_memory_bytes
+from vxl_jax.infer.reports import Clock, TokenProgress
 from vxl_jax.infer.results import GenerateOutput, PrefillResult, VideoMemory, split_prompt
 from vxl_jax.infer.sampling import SamplingParams
 from vxl_jax.infer.session import Session, load, start
@@ -221,4 +221,4 @@ class VideoXL:
         return memory_file.load_video_memory(path, self.cfg, self.core.dtype, self.fingerprint())
 
 
-__all__ = ["VideoXL", "VideoMemory", "PrefillResult", "GenerateOutput", "split_prompt", "peak_memory_bytes"]
+__all__ = ["VideoXL", "VideoMemory", "PrefillResult", "GenerateOutput", "split_prompt"]

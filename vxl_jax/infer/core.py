@@ -26,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vxl_jax.beacon.memory import KVMemory, bucket, concat_rows, take_rows
-from vxl_jax.beacon.ratios import DEFAULT_RATIO, check_ratio, ratio_schedule
+from vxl_jax.beacon.ratios import DEFAULT_RATIO, ratio_schedule
 from vxl_jax.beacon.windows import window_token_counts
 from vxl_jax.infer.decode import stop_mask
 from vxl_jax.infer.engine import Engine
@@ -223,8 +223,11 @@ class InferenceCore:
 
     def empty_memory(self, batch: int, slots: int) -> KVMemory:
         """A memory of ``batch`` rows with :func:`capacity` for ``slots`` filled slots."""
+        return self._blank(batch, capacity(slots))
+
+    def _blank(self, batch: int, cap: int) -> KVMemory:
         lm = self.cfg.lm
-        return KVMemory.empty(lm.num_layers, batch, capacity(slots), lm.num_kv_heads, lm.head_dim, self.dtype)
+        return KVMemory.empty(lm.num_layers, batch, cap, lm.num_kv_heads, lm.head_dim, self.dtype)
 
     def text(self, mem: KVMemory, texts: Sequence[np.ndarray], kind: str = "text", donate: bool = False):
         """B texts (any lengths, 0 allowed) appended to the B rows of ``mem`` -> (fp32 logits [B, T, V], memory)."""
@@ -285,8 +288,6 @@ class InferenceCore:
         if len(videos) > 1 and not isinstance(DEFAULT_RATIO if ratio is None else ratio, (int, np.integer)):
             raise ValueError("batched prompts with videos take one int ratio (step-random ratio lists: one call per "
                              "video, or sessions)")
-        if len(videos) > 1:
-            ratio = check_ratio(b, ratio)
         return ratio_schedule(b, ratio, longest, rng)
 
     def prompt(self, rows: Sequence[Row], ratio=None, *, rng: np.random.Generator | None = None, room: int = 0,
@@ -319,8 +320,7 @@ class InferenceCore:
 
     def _encode(self, bases: Sequence[Row], cap: int, ratios, ratio_idx, keep: bool, progress: bool) -> KVMemory:
         """U rows' ``prefix || video`` -> a new memory [U, cap]."""
-        lm = self.cfg.lm
-        mem = KVMemory.empty(lm.num_layers, len(bases), cap, lm.num_kv_heads, lm.head_dim, self.dtype)
+        mem = self._blank(len(bases), cap)
         if any(len(r.prefix) for r in bases):
             _, mem = self.text(mem, [r.prefix for r in bases], "prefix", donate=True)
         if any(r.video is not None for r in bases):

@@ -138,21 +138,21 @@ def add_frames(core: InferenceCore, state: SessionState, pixel_values) -> Sessio
                                ratios=state.ratios + tuple(picks))
 
 
-def video_memory(core: InferenceCore, state: SessionState, extra_slots: int = 0, fresh: bool = False):
+def video_memory(core: InferenceCore, state: SessionState, fresh: bool = False):
     """-> (VideoMemory of the video so far, per-window ratios). The pending frames are compressed as a clipped
-    last window into a copy of the memory; the state is unchanged. ``extra_slots``: room for text after it.
-    ``fresh``: the memory shares no buffer with the session's (it may be donated)."""
+    last window into a copy of the memory; the state is unchanged. ``fresh``: the memory shares no buffer with
+    the session's (the core copies a saved memory before writing to it, so asking needs no copy here)."""
     b = core.cfg.beacon
     length = int(np.asarray(state.kv.length)[0])
     ratios, kv = state.ratios, state.kv
     if state.pending_frames:
         n_valid = state.pending_frames * b.tokens_per_frame
         r, _ = _pick(state.ratio, state.rng_state, n_valid, state.windows)
-        copy = take_rows(kv, [0], max(kv.capacity, capacity(length + n_valid // r + extra_slots)))
+        copy = take_rows(kv, [0], max(kv.capacity, capacity(length + n_valid // r)))
         kv = _compress(core, copy, state.pending, [r])
         ratios += (r,)
-    elif fresh or kv.capacity < capacity(length + extra_slots):
-        kv = take_rows(kv, [0], max(kv.capacity, capacity(length + extra_slots)))
+    elif fresh:
+        kv = take_rows(kv, [0])
     visual = state.frames * b.tokens_per_frame
     return VideoMemory(kv, state.prompt_ids, state.frames, visual), ratios
 
