@@ -2,7 +2,7 @@
 below it, and no function is longer than 60 lines.
 
     cli                      the commands (infer.py, train.py, convert_weights.py are entry points into it)
-    train, eval              a training run; benchmarks, prompts and scoring
+    train, eval, serve       a training run; benchmarks, prompts and scoring; the server (scheduler, HTTP)
     infer, data              the inference core, facade, sessions, memory files; the training data pipeline
     beacon, convert          the KV memory and its window scan; checkpoint conversion and the converted folder
     model                    CLIP, projector, Qwen2 with beacon projections, attention backends
@@ -20,7 +20,7 @@ import pathlib
 from tests.test_imports import PACKAGE, _imports, _modules
 
 LAYERS = [("config",), ("text", "media", "runtime"), ("model",), ("beacon", "convert"), ("infer", "data"),
-          ("train", "eval"), ("cli",)]
+          ("train", "eval", "serve"), ("cli",)]
 RANK = {folder: rank for rank, folders in enumerate(LAYERS) for folder in folders}
 MAX_FUNCTION_LINES = 60
 
