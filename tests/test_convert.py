@@ -57,7 +57,8 @@ def test_converted_logits_equal_torch(released, torch_models):
     qwen, clip = torch_models
     assert summary["source_tensors"] == len(tensors) and summary["dtype"] == "float32"
     assert summary["vision_config"].endswith("vision_tower_config.json")
-    assert sorted(os.listdir(dst)) == ["conversion.json", "generation_config.json", "params", "vxl_config.json"]
+    assert sorted(os.listdir(dst)) == ["conversion.json", "fingerprint.json", "generation_config.json", "params",
+                                    "vxl_config.json"]
     vx = VideoXL.load(dst, "float32")
     ids = np.random.default_rng(1).integers(0, 256, size=60)
     with torch.no_grad():

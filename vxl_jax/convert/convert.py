@@ -24,12 +24,14 @@ from tqdm.auto import tqdm
 
 from vxl_jax.config import CLIP_VIT_L14_336, ConfigError, VideoXLConfig, from_hf_config, to_hf_config, vision_to_hf
 from vxl_jax.convert import names as N
+from vxl_jax.convert import fingerprint as fp
 from vxl_jax.convert import zarr_out
 from vxl_jax.convert.errors import ConversionError
 from vxl_jax.convert.folder import CONFIG_NAME, PARAMS_DIR, check_converted_folder, read_params
 from vxl_jax.convert.readers import FLOAT_DTYPES, Checkpoint
 from vxl_jax.convert.writers import SafetensorsWriter
 from vxl_jax.model.layers import DTYPES
+from vxl_jax.runtime import atomic_io
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                    "added_tokens.json", "tokenizer.model", "chat_template.json", "chat_template.jinja",
@@ -266,23 +268,19 @@ def _chunks(shapes, table, itemsize: int) -> dict:
 
 
 def _fresh_tmp(dst: str) -> str:
+    """A temporary folder beside ``dst`` (atomic: :mod:`vxl_jax.runtime.atomic_io`), renamed by :func:`_finish`."""
     dst = os.path.abspath(dst)
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise ConversionError(f"destination {dst} already exists and is not empty")
-    parent = os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    return tmp
+    try:
+        return atomic_io.fresh_dir(dst, "destination")
+    except OSError as e:
+        raise ConversionError(f"cannot create the destination {dst}: {e.strerror or e}") from None
 
 
-def _finish(tmp: str, dst: str) -> None:
-    dst = os.path.abspath(dst)
-    if os.path.isdir(dst):
-        os.rmdir(dst)  # empty (checked before)
-    os.rename(tmp, dst)
+def _finish(tmp: str, dst: str, fingerprint: str, how: str) -> None:
+    fp.write_record(tmp, fingerprint, how)
+    atomic_io.publish_dir(tmp, dst)
 
 
 def _copy_extras(src: str, dst: str) -> list[str]:
@@ -362,11 +360,12 @@ def convert(src: str, dst: str, dtype: str | None = None, vision_config: str | N
             "source_files": sorted(os.path.basename(f) for f in ck.files), "source_tensors": len(ck.infos),
             "source_bytes": ck.nbytes, "parameters": n_params, "parameter_arrays": len(pshapes),
             "written_bytes": nbytes_out, "dtype": dtype, "vision_config": vision_source,
-            "init_beacon": bool(init_beacon), "copied_files": copied, "seconds": round(time.perf_counter() - t0, 3),
+            "init_beacon": bool(init_beacon), "copied_files": copied, "fingerprint": fp.of_folder(tmp, cfg),
+            "seconds": round(time.perf_counter() - t0, 3),
         }
         with open(os.path.join(tmp, SUMMARY_NAME), "w") as f:
             json.dump(summary, f, indent=2)
-        _finish(tmp, dst)
+        _finish(tmp, dst, summary["fingerprint"], "convert_weights.py (torch -> jax), read back from params/")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -451,9 +450,20 @@ def export_torch(src: str, dst: str, dtype: str | None = None, max_shard_bytes: 
         copied = _copy_extras(src, tmp)
         summary = {"direction": "jax->torch", "source": os.path.abspath(src), "tensors": len(specs),
                    "shards": names, "bytes": total, "dtype": dtype, "copied_files": copied,
+                   "fingerprint": _exported_fingerprint(src, cfg, get, out_dt),
                    "seconds": round(time.perf_counter() - t0, 3)}
-        _finish(tmp, dst)
+        _finish(tmp, dst, summary["fingerprint"], f"convert_weights.py --to-torch: the model these weights convert "
+                f"back to with --dtype {dtype}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def _exported_fingerprint(src: str, cfg: VideoXLConfig, get, out_dt) -> str:
+    """The fingerprint of the model an export converts back to: the source's when the dtype is kept, else the
+    source's values cast to ``out_dt`` (streamed)."""
+    if np.dtype(DTYPES[cfg.runtime.param_dtype]) == out_dt:
+        return fp.folder_fingerprint(src, cfg)
+    leaves = {p: (s, out_dt, p) for p, (s, _) in N.param_shapes(cfg).items()}
+    return fp.of_leaves(leaves, lambda p, sl: np.asarray(get(p, None, None if sl is None else (sl,)), dtype=out_dt))

@@ -6,6 +6,7 @@ Layout (written by ``convert_weights.py`` or :func:`save_converted`)::
 
     vxl_config.json        our VideoXLConfig
     params/                Orbax StandardCheckpointer tree of the NNX parameters (pure dict)
+    fingerprint.json       the model's fingerprint (vxl_jax.convert.fingerprint)
     generation_config.json, tokenizer files (optional), conversion.json (summary)
 """
 
@@ -22,14 +23,16 @@ from flax import nnx
 from transformers import AutoTokenizer
 
 from vxl_jax.config import RuntimeConfig, VideoXLConfig
+from vxl_jax.convert import fingerprint as fp
 from vxl_jax.convert import names as N
 from vxl_jax.convert import zarr_out
 from vxl_jax.convert.errors import ConversionError
+from vxl_jax.convert.layout import CONFIG_NAME, FINGERPRINT_NAME, PARAMS_DIR  # noqa: F401 - the folder's names
 from vxl_jax.model.layers import DTYPES
 from vxl_jax.model.videoxl import abstract_model
+from vxl_jax.runtime.atomic_io import atomic_dir
 from vxl_jax.runtime.sharding import param_shardings
 
-CONFIG_NAME, PARAMS_DIR = "vxl_config.json", "params"
 _TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
@@ -57,23 +60,27 @@ def _abstract_pure(cfg: VideoXLConfig, dtype=None):
     return graphdef, state, pure
 
 
-def save_converted(path, model, tokenizer=None, generation_config: dict | None = None) -> None:
-    """Write an in-memory ``VideoXLModel`` as a converted folder (``path`` must not exist)."""
+def save_converted(path, model, tokenizer=None, generation_config: dict | None = None) -> str:
+    """Write an in-memory ``VideoXLModel`` as a converted folder (``path`` must not exist, or be empty), atomically:
+    the folder appears complete (with its ``fingerprint.json``) or not at all. -> the model's fingerprint."""
     path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and os.listdir(path):
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise ConversionError(f"destination {path} already exists and is not empty")
-    os.makedirs(path, exist_ok=True)
     _, state = nnx.split(model)
     pure = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.join(path, PARAMS_DIR), pure)
-    ckptr.wait_until_finished()
-    model.cfg.to_json(os.path.join(path, CONFIG_NAME))
-    if generation_config is not None:
-        with open(os.path.join(path, "generation_config.json"), "w") as f:
-            json.dump(generation_config, f, indent=2)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
+    fingerprint = fp.of_arrays(N.flatten(pure))
+    with atomic_dir(path, "converted folder") as tmp:
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(os.path.join(tmp, PARAMS_DIR), pure)
+        ckptr.wait_until_finished()
+        model.cfg.to_json(os.path.join(tmp, CONFIG_NAME))
+        if generation_config is not None:
+            with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+                json.dump(generation_config, f, indent=2)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        fp.write_record(tmp, fingerprint, "save_converted (the in-memory parameters)")
+    return fingerprint
 
 
 def load_converted(path, dtype: str = "float32", mesh=None, rules: str = "inference",

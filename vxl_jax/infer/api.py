@@ -12,6 +12,7 @@ only). ``pixel_values`` are preprocessed float32 frames [F, 3, 336, 336], or raw
 
 from __future__ import annotations
 
+import os
 from types import MappingProxyType
 from typing import Any, Literal, Mapping, Sequence, overload
 
@@ -22,6 +23,7 @@ from flax import nnx
 from vxl_jax.beacon.memory import KVMemory, drop_text
 from vxl_jax.beacon.ratios import ORIGINAL_RATIO_SEED
 from vxl_jax.config import VideoXLConfig
+from vxl_jax.convert import fingerprint
 from vxl_jax.convert.folder import load_converted
 from vxl_jax.infer import memory_file
 from vxl_jax.infer.core import DECODE_CHUNK, InferenceCore, Row, is_batch, rows_of_call, video_input
@@ -55,13 +57,16 @@ class VideoXL:
         self.ratio_rng = np.random.default_rng(ORIGINAL_RATIO_SEED)
         self._last: Mapping[str, Any] = MappingProxyType({})
         self._fingerprint: str | None = None
+        self._folder: str | None = None  # the converted folder it was loaded from (its stored fingerprint)
 
     @classmethod
     def load(cls, path, dtype: str = "float32", mesh=None) -> "VideoXL":
         """A folder written by ``convert_weights.py`` (config, params restored onto their shards, tokenizer)."""
         mesh = inference_mesh(mesh)
         cfg, model, tokenizer, gen = load_converted(path, dtype=dtype, mesh=mesh, rules=INFERENCE_PRESET)
-        return cls(cfg, model, tokenizer, gen, mesh=mesh)
+        vx = cls(cfg, model, tokenizer, gen, mesh=mesh)
+        vx._folder = os.path.abspath(os.fspath(path))
+        return vx
 
     @property
     def engine(self):
@@ -207,9 +212,12 @@ class VideoXL:
         return Session(self, load(self.core, path, self.fingerprint(), ratio))
 
     def fingerprint(self) -> str:
-        """Short hash identifying this model's weights (stored in saved memories, checked on load)."""
+        """The whole-model fingerprint (32 hex digits; :mod:`vxl_jax.convert.fingerprint`): a hash of every
+        parameter as stored, in the converted folder it was loaded from (so a float32 and a bfloat16 load of one
+        folder agree), else in memory. Stored in saved memories and sessions, checked when they are loaded."""
         if self._fingerprint is None:
-            self._fingerprint = memory_file.model_fingerprint(self.model, self.cfg)
+            self._fingerprint = (fingerprint.of_model(self.model) if self._folder is None
+                                 else fingerprint.folder_fingerprint(self._folder, self.cfg))
         return self._fingerprint
 
     def save_memory(self, path, memory: VideoMemory | KVMemory) -> None:

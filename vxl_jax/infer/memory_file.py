@@ -1,23 +1,24 @@
 """Save / load a compressed video memory (``KVMemory``, batch 1) as safetensors + JSON metadata.
 
 Only the valid slots are stored. The metadata names the model geometry and a fingerprint of the
-model's weights (:func:`model_fingerprint`), so loading a memory into a model of another shape, or into
+model's weights (:mod:`vxl_jax.convert.fingerprint`: every parameter), so loading a memory into a model of another shape, or into
 another model of the same shape, is a clear error instead of garbage.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import jax.numpy as jnp
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from vxl_jax.config import VideoXLConfig
 from vxl_jax.beacon.memory import KVMemory
 from vxl_jax.infer.results import VideoMemory
+from vxl_jax.runtime.atomic_io import atomic_path, check_target
 
 FORMAT = "vxl-jax-memory-v1"
 
@@ -28,36 +29,31 @@ def geometry(cfg: VideoXLConfig) -> dict:
             "hidden_size": lm.hidden_size, "vocab_size": lm.vocab_size, "rope_theta": lm.rope_theta}
 
 
-FINGERPRINT_ROWS = 4  # leading rows of the token embedding that enter the fingerprint
-
-
 class MemoryMismatchError(ValueError):
     """A memory file made by another model (other geometry or other weights)."""
 
 
-def model_fingerprint(model, cfg: VideoXLConfig) -> str:
-    """A short hash of the geometry and a few parameter values: the beacon embedding, the first
-    ``FINGERPRINT_ROWS`` rows of the token embedding and the first row of the projector's output layer.
+OLD_FINGERPRINT_DIGITS = 16  # files saved before the whole-model fingerprint (a hash of a few rows only)
 
-    Values are rounded to bfloat16 first, so a checkpoint loaded as float32 or as bfloat16 gives the same
-    fingerprint; two differently trained (or randomly initialised) models differ. Cheap: a few rows are read
-    from the device.
-    """
-    import ml_dtypes
 
-    parts = [model.lm.beacon_embed[...], model.lm.embed[...][:FINGERPRINT_ROWS],
-             model.projector.fc2.kernel[...][0]]  # the projector too: stage-1 training changes only it
-    h = hashlib.sha256(json.dumps(geometry(cfg), sort_keys=True).encode())
-    for x in parts:
-        h.update(np.asarray(np.asarray(x, np.float32).astype(ml_dtypes.bfloat16)).tobytes())
-    return h.hexdigest()[:16]
+def mismatch_message(path, saved: str, fingerprint: str) -> str:
+    """One line naming both fingerprints."""
+    old = (" (saved by an older vxl-jax, whose fingerprint covered only a few parameter rows)"
+           if len(saved) == OLD_FINGERPRINT_DIGITS else "")
+    return (f"memory {path} was made by another model (fingerprint {saved}, this model's is {fingerprint}){old}; "
+            f"encode the video again with this model (--save-memory)")
 
 
 def save_memory(path, mem: KVMemory, cfg: VideoXLConfig, extra: dict | None = None,
                 fingerprint: str | None = None, *, tensors: dict | None = None, meta: dict | None = None) -> None:
     """``extra``: JSON-able facts stored beside the K/V (e.g. prompt ids, frame count); ``fingerprint``: the
-    producing model's :func:`model_fingerprint` (checked by :func:`load_memory`); ``tensors`` / ``meta``: more
-    arrays and metadata keys stored in the same file (a session's pending frames and state)."""
+    producing model's fingerprint (``VideoXL.fingerprint()``, checked by :func:`load_memory`); ``tensors`` /
+    ``meta``: more arrays and metadata keys stored in the same file (a session's pending frames and state).
+
+    Atomic (:mod:`vxl_jax.runtime.atomic_io`): the target is checked first (its folder must exist and be writable,
+    it must not be a folder), a failed write (full disk, file-size limit) leaves the previous file or nothing and
+    raises ``WriteError`` (one line)."""
+    check_target(path, "memory file")
     if mem.k.shape[1] != 1:
         raise ValueError(f"save_memory stores one prompt's memory (batch 1), got batch {mem.k.shape[1]}")
     n = int(np.asarray(mem.length)[0])
@@ -67,8 +63,8 @@ def save_memory(path, mem: KVMemory, cfg: VideoXLConfig, extra: dict | None = No
             "sizes": mem.host_sizes(), "extra": extra or {}, **(meta or {})}
     if fingerprint is not None:
         meta["model_fingerprint"] = fingerprint
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file({"k": k, "v": v, **(tensors or {})}, str(path), metadata={"vxl": json.dumps(meta)})
+    with atomic_path(path, "memory file", errors=(OSError, SafetensorError)) as tmp:
+        save_file({"k": k, "v": v, **(tensors or {})}, tmp, metadata={"vxl": json.dumps(meta)})
 
 
 def load_memory(path, cfg: VideoXLConfig, dtype=jnp.float32, fingerprint: str | None = None) -> tuple[KVMemory, dict]:
@@ -79,7 +75,7 @@ def load_memory(path, cfg: VideoXLConfig, dtype=jnp.float32, fingerprint: str | 
 
 def read_memory_file(path, cfg: VideoXLConfig, dtype=jnp.float32, fingerprint: str | None = None):
     """-> (memory, the file's metadata, its other arrays by name). With ``fingerprint`` (this model's
-    :func:`model_fingerprint`), a file saved with another model's fingerprint is refused
+    fingerprint), a file saved with another model's fingerprint is refused
     (``MemoryMismatchError``); files saved without one are accepted on geometry alone."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"memory file not found: {path}")
@@ -98,9 +94,7 @@ def read_memory_file(path, cfg: VideoXLConfig, dtype=jnp.float32, fingerprint: s
                                   f"this model has {geometry(cfg)}")
     saved = meta.get("model_fingerprint")
     if fingerprint is not None and saved is not None and saved != fingerprint:
-        raise MemoryMismatchError(
-            f"memory {path} was made by another model (fingerprint {saved}, this model's is {fingerprint}); "
-            f"encode the video again with this model (--save-memory)")
+        raise MemoryMismatchError(mismatch_message(path, saved, fingerprint))
     s = meta["sizes"]
     as_i32 = lambda x: jnp.array([x], jnp.int32)  # noqa: E731
     mem = KVMemory(jnp.asarray(arrays["k"], dtype)[:, None], jnp.asarray(arrays["v"], dtype)[:, None],
