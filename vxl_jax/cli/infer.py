@@ -32,6 +32,7 @@ import sys
 import time
 
 from vxl_jax.cli.infer_report import UsageError, bad_input, log
+from vxl_jax.runtime.atomic_io import WriteError, check_target
 
 DEFAULT_FRAMES = 128
 DEMO_FRAMES = 20  # the embedded random model only demonstrates the pipeline: keep its default run short
@@ -133,6 +134,11 @@ def check_args(a: argparse.Namespace) -> None:
         raise UsageError("give either --video or --memory, not both")
     if a.memory and not os.path.isfile(a.memory):
         raise UsageError(f"memory file not found: {a.memory}")
+    if a.save_memory:  # before any video is read or encoded
+        try:
+            check_target(a.save_memory, "--save-memory")
+        except WriteError as e:
+            raise UsageError(str(e)) from None
     if a.model is not None and a.video is None and a.memory is None and a.live is None:
         raise UsageError("--video is required with --model (or --memory FILE from an earlier --save-memory)")
     a.sampling = sampling_kwargs(a)

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         summary = run(args.config, args.overrides, export=args.export, re_export=args.re_export,
                       coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
     except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        print(f"train.py: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 2
     last = summary.get("last") or {}
     if summary.get("already_finished"):

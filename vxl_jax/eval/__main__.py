@@ -19,6 +19,7 @@ from vxl_jax.eval.heatmap import draw_heatmap, grid_table, niah_grid
 from vxl_jax.eval.readers import read_benchmark
 from vxl_jax.eval.results import ResultsFile
 from vxl_jax.eval.run import RunSettings, SCORINGS, run_benchmark
+from vxl_jax.runtime.atomic_io import write_text
 
 EXIT_BAD_INPUT = 2
 
@@ -86,8 +87,7 @@ def write_niah_report(out_dir: str) -> str:
     """heatmap.md (the table) and heatmap.png (when matplotlib is installed) from OUT/results.jsonl."""
     lengths, depths, acc, counts = niah_grid(ResultsFile(os.path.join(out_dir, "results.jsonl")).records)
     table = grid_table(lengths, depths, acc, counts)
-    with open(os.path.join(out_dir, "heatmap.md"), "w") as f:
-        f.write(table + "\n")
+    write_text(os.path.join(out_dir, "heatmap.md"), table + "\n", what="heatmap table")
     print(table)
     try:
         print(f"heatmap: {draw_heatmap(os.path.join(out_dir, 'heatmap.png'), lengths, depths, acc)}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vxl_jax.runtime.atomic_io import atomic_path
+
 
 def niah_grid(records: list[dict]) -> tuple[list[int], list[float], np.ndarray, np.ndarray]:
     """Results of a niah run -> (lengths, depths, accuracy float [depths, lengths] (nan: no item), counts)."""
@@ -62,6 +64,9 @@ def draw_heatmap(path, lengths, depths, acc: np.ndarray, title: str = "Needle in
                 ax.text(j, i, f"{100 * acc[i, j]:.0f}", ha="center", va="center", fontsize=9, color="black")
     fig.colorbar(im, ax=ax, label="accuracy")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_path(path, "heatmap") as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return str(path)

@@ -30,6 +30,7 @@ import numpy as np
 from vxl_jax.data.synthetic import COLOURS
 from vxl_jax.eval.choice import LETTERS
 from vxl_jax.media.video import load_video, write_video
+from vxl_jax.runtime.atomic_io import write_text
 
 COLOUR_QUESTION = "What colour was the flash in the video?"
 COLOUR_OPTIONS = ["blue", "green", "red", "yellow"]
@@ -164,8 +165,8 @@ def make_niah(out_dir, lengths: Sequence[int], depths: Sequence[float], haystack
                       "answer": needle.answer, "length": length, "depth": depth, "num_frames": length,
                       "needle": needle.name, "needle_frames": where})
     path = os.path.join(out_dir, "niah.json")
-    with open(path, "w") as f:
-        json.dump({"benchmark": "niah", "lengths": lengths, "depths": depths, "items": items}, f, indent=1)
+    write_text(path, json.dumps({"benchmark": "niah", "lengths": lengths, "depths": depths, "items": items}, indent=1),
+               what="needle grid")
     return path
 
 

@@ -12,6 +12,8 @@ import json
 import os
 from collections import defaultdict
 
+from vxl_jax.runtime.atomic_io import atomic_open, write_text
+
 TIMING_KEYS = ("timing",)  # fields that differ between two runs of the same evaluation
 
 
@@ -45,10 +47,8 @@ class ResultsFile:
             seen.add(rec["id"])
             keep += line
         if len(keep) != len(data):  # drop the torn tail so the next append starts on a fresh line
-            with open(self.path, "wb") as f:
+            with atomic_open(self.path, "wb", "results file") as f:
                 f.write(keep)
-                f.flush()
-                os.fsync(f.fileno())
 
     def append(self, record: dict) -> None:
         rid = record["id"]
@@ -96,9 +96,5 @@ def summarize(records: list[dict], total: int | None = None) -> dict:
 
 
 def write_json_atomic(path, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``obj`` as JSON at ``path``, atomically (:mod:`vxl_jax.runtime.atomic_io`)."""
+    write_text(path, json.dumps(obj, indent=1, sort_keys=True), what="JSON file")

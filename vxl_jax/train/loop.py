@@ -52,6 +52,23 @@ class _Stop:
         self.requested = True
 
 
+def check_inputs(rc: RunConfig, export: str | None) -> None:
+    """Refuse, before anything is written, a run whose inputs are missing (``data.train`` / ``data.eval`` files,
+    data folders, ``checkpoint.init_from``) or whose ``export`` destination is taken by something else."""
+    d = rc.data
+    named = [("data.train", d.train), ("data.eval", d.eval), ("checkpoint.init_from", rc.checkpoint.init_from)]
+    for key, path in named:
+        if path and path != "synthetic" and not os.path.exists(path):
+            raise FileNotFoundError(f"{key}: {path} not found")
+    for key, path in (("data.video_folder", d.video_folder), ("data.image_folder", d.image_folder)):
+        if path and not os.path.isdir(path):
+            raise FileNotFoundError(f"{key}: folder {path} not found")
+    if export and os.path.exists(export) and not os.path.isfile(os.path.join(export, CONFIG_NAME)) and (
+            not os.path.isdir(export) or os.listdir(export)):
+        raise ValueError(f"--export {export} exists and is not an export of a run (no {CONFIG_NAME}); "
+                         f"give a new folder")
+
+
 def setup_data(cfg, tcfg, dcfg, workdir: str, n_processes: int):
     """-> (train loader, eval records or None, spec)."""
     video_folder, image_folder = dcfg.video_folder, dcfg.image_folder
@@ -108,11 +125,20 @@ def run_eval(trainer, state, eval_records, spec, tcfg, n_processes: int, ratio_i
 
 
 def export_model(path: str, trainer, state, tokenizer_name: str):
-    """Write the current params as a converted folder (:func:`vxl_jax.convert.folder.save_converted`)."""
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_NAME)):
-        shutil.rmtree(path)  # our own previous export
+    """Write the current params as a converted folder (:func:`vxl_jax.convert.folder.save_converted`: atomic, with
+    the model's fingerprint). Our own previous export is replaced only once the new one is complete."""
     model = nnx.merge(trainer.graphdef, state["params"], state["frozen"])
-    save_converted(path, model, tokenizer=load_tokenizer(tokenizer_name))
+    if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_NAME))):
+        save_converted(path, model, tokenizer=load_tokenizer(tokenizer_name))
+        return path
+    parent, name = os.path.split(os.path.abspath(path))
+    new, old = (os.path.join(parent, f".{name}.{os.getpid()}.tmp-{what}") for what in ("new", "old"))
+    for leftover in (new, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    save_converted(new, model, tokenizer=load_tokenizer(tokenizer_name))
+    os.rename(path, old)
+    os.rename(new, path)
+    shutil.rmtree(old, ignore_errors=True)
     return path
 
 
@@ -217,6 +243,7 @@ def run(config_path: str, overrides: list[str] | None = None, export: str | None
     (:func:`vxl_jax.runtime.distributed.maybe_initialize`; unset ones are read from the environment)."""
     rc = load_run_config(config_path, overrides)
     tcfg, dcfg, ccfg = rc.train, rc.data, rc.checkpoint
+    check_inputs(rc, export)  # before anything is written (synthetic data, the run folder)
     maybe_initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     enable_compilation_cache(min_compile_time_s=1.0)
     workdir = os.path.abspath(tcfg.workdir)
