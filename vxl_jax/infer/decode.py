@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from vxl_jax.beacon.memory import KVMemory
-from vxl_jax.infer.sampling import SamplingParams, choose_jax
+from vxl_jax.infer.sampling import RowParams, SamplingParams, choose_jax, choose_row_jax
 
 
 def stop_mask(stop_ids, vocab: int) -> jax.Array:
@@ -29,8 +29,8 @@ def stop_mask(stop_ids, vocab: int) -> jax.Array:
     return mask.at[jnp.asarray(ids, jnp.int32)].set(True) if ids else mask
 
 
-def decode_chunk(graphdef, state, mem: KVMemory, last, seen, key, stops, remaining, *, params: SamplingParams,
-                 chunk: int, return_logits: bool, feed):
+def decode_chunk(graphdef, state, mem: KVMemory, last, seen, key, stops, remaining, rows: RowParams | None = None, *,
+                 params: SamplingParams | None, chunk: int, return_logits: bool, feed, sample: bool = True):
     """Generate up to ``chunk`` tokens per row on device, B rows in lockstep.
 
     mem: KVMemory (batch B); last: fp32 [B, V] logits to choose the next token from; seen: bool [B, V]
@@ -43,16 +43,20 @@ def decode_chunk(graphdef, state, mem: KVMemory, last, seen, key, stops, remaini
     logits fp32 [B, chunk, V] (the unprocessed logits each token was chosen from; [B, 0, V] unless
     ``return_logits``)). A row that is done chooses nothing more and its memory is not written.
     ``feed(graphdef, state, mem, ids [B, 1], n [B], kind=...)`` -> (logits, mem): the engine's text step.
+    Sampling settings: ``params`` (static, every row), or ``params`` None and ``rows`` (:class:`RowParams`: one
+    setting per row, traced; ``sample`` static: whether any row samples). A row draws the same either way.
     """
     B, V = last.shape
 
-    def choose_row(lg, sn, k):
+    def choose_row(lg, sn, k, rp):
         k, sub = jax.random.split(k)
-        return choose_jax(lg[None], sn[None], params, sub)[0], k
+        if rp is None:
+            return choose_jax(lg[None], sn[None], params, sub)[0], k
+        return choose_row_jax(lg, sn, rp, sub, sample), k
 
     def body(c):
         i, done, n, mem, last, seen, key, toks, logits = c
-        tok, new_key = jax.vmap(choose_row)(last, seen, key)  # [B]
+        tok, new_key = jax.vmap(choose_row)(last, seen, key, rows)  # [B]
         active = ~done
         key = jnp.where(active[:, None], new_key, key)
         toks = toks.at[:, i].set(jnp.where(active, tok, 0))

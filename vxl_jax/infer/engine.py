@@ -117,13 +117,17 @@ class Engine:
         return self._run("text", _text_chunk, {"kind": kind}, self.state, mem, ids, n, donate=(1,) if donate else ())
 
     def decode(self, mem: KVMemory, last, seen, key, stops, remaining, *, params, chunk: int,
-               return_logits: bool = False):
+               return_logits: bool = False, rows=None, sample: bool = True):
         """Up to ``chunk`` tokens in one compiled loop (:func:`vxl_jax.infer.decode.decode_chunk`); the memory
         and the seen mask are donated. Each token is the text step over the memory (the attention backend of
         ``runtime.attention``, as every other step). One compilation per memory capacity, chunk and sampling
-        setting."""
+        setting; with ``params`` None, ``rows`` (a ``RowParams``) gives each row its own setting as data: one
+        compilation per memory capacity, chunk and ``sample`` (whether any row samples)."""
         static = {"params": params, "chunk": chunk, "return_logits": return_logits, "feed": _text_chunk}
-        return self._run("decode", decode_chunk, static, self.state, mem, last, seen, key, stops, remaining,
+        extra = ()
+        if rows is not None:
+            static["sample"], extra = bool(sample), (rows,)
+        return self._run("decode", decode_chunk, static, self.state, mem, last, seen, key, stops, remaining, *extra,
                          donate=(1, 3))
 
     def windows(self, mem, windows, n_valid, ratio_idx, *, ratios, from_pixels: bool, keep: bool = True):

@@ -1,15 +1,21 @@
 """Next-token choice following HF's logits processors in their order: repetition penalty, then
 temperature, top-k, top-p (sampling only), then argmax or a draw.
 
-In JAX, on device (``choose_jax``, used inside the compiled decode loop of :mod:`vxl_jax.infer.decode`);
-tests compare it with transformers' processors (tests/test_sampling_hf.py, tests/test_decode.py)."""
+In JAX, on device, used inside the compiled decode loop of :mod:`vxl_jax.infer.decode`: ``choose_jax`` with one
+static :class:`SamplingParams` for every row (``VideoXL.generate``), or ``choose_row_jax`` with settings that are
+data (:class:`RowParams`, one entry per row: the server's rows with different settings share one program; a row
+chooses exactly as ``choose_jax`` with its own settings would). Tests compare them with transformers' processors
+(tests/test_sampling_hf.py, tests/test_decode.py)."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
+import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +44,10 @@ def seen_mask(ids, vocab: int) -> jax.Array:
     return jnp.zeros((vocab,), bool).at[target].set(True, mode="drop")
 
 
-def _divide(x: jax.Array, c: float) -> jax.Array:
+def _divide(x: jax.Array, c) -> jax.Array:
     """x / c rounded as a true division (as numpy and torch). XLA turns a division by a broadcast scalar into
     a multiply by its reciprocal (1 ulp off); a full-shaped divisor behind an optimization barrier keeps a true
-    division."""
+    division. ``c``: a Python float or a traced scalar."""
     return x / jax.lax.optimization_barrier(jnp.full(x.shape, c, x.dtype))
 
 
@@ -77,3 +83,59 @@ def choose_jax(logits: jax.Array, seen: jax.Array, p: SamplingParams, key: jax.A
     if not p.do_sample:
         return jnp.argmax(scores, axis=-1).astype(jnp.int32)
     return jax.random.categorical(key, warp_jax(scores, p), axis=-1).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------- settings as data, one row each
+
+
+@flax.struct.dataclass
+class RowParams:
+    """B rows' sampling settings as arrays [B] (traced, not compiled in). ``top_p_cut`` is ``1 - top_p`` computed
+    in float64 on the host and rounded once to float32, as ``warp_jax`` compares with the Python float."""
+
+    do_sample: jax.Array  # bool [B]
+    temperature: jax.Array  # f32 [B] (1.0 on greedy rows)
+    top_k: jax.Array  # int32 [B], 0 = off
+    top_p_cut: jax.Array  # f32 [B]: 1 - top_p (0.0 = off)
+    repetition_penalty: jax.Array  # f32 [B]
+
+    @staticmethod
+    def of(params: Sequence[SamplingParams]) -> "RowParams":
+        """One :class:`SamplingParams` per row -> numpy arrays [B] (greedy rows keep only their penalty)."""
+        greedy = [not p.do_sample for p in params]
+        pick = lambda f, off: [off if g else f(p) for p, g in zip(params, greedy)]  # noqa: E731
+        return RowParams(np.array([p.do_sample for p in params], bool),
+                         np.array(pick(lambda p: p.temperature, 1.0), np.float32),
+                         np.array(pick(lambda p: p.top_k, 0), np.int32),
+                         np.array(pick(lambda p: 1.0 - p.top_p, 0.0), np.float32),
+                         np.array([p.repetition_penalty for p in params], np.float32))
+
+
+def _warp_row(out: jax.Array, p: RowParams) -> jax.Array:
+    """``warp_jax`` for one row [V] whose settings are traced scalars (each warper applied only where it is on, so
+    an off warper changes nothing, as ``warp_jax`` skips it)."""
+    V = out.shape[-1]
+    out = jnp.where(p.temperature != 1.0, _divide(out, p.temperature), out)
+    kth = jnp.sort(out)[jnp.clip(V - p.top_k, 0, V - 1)]  # the k-th largest value, as lax.top_k's last
+    out = jnp.where((p.top_k > 0) & (p.top_k < V) & (out < kth), -jnp.inf, out)
+    order = jnp.argsort(out, stable=True)  # ascending, as HF
+    sorted_logits = out[order]
+    probs = jnp.exp(sorted_logits - sorted_logits[-1])
+    probs = probs / probs.sum()
+    remove = (jnp.cumsum(probs) <= p.top_p_cut).at[-1].set(False)  # keep at least one token
+    removed = jnp.zeros_like(remove).at[order].set(remove)
+    return jnp.where((p.top_p_cut > 0) & removed, -jnp.inf, out)
+
+
+def choose_row_jax(logits: jax.Array, seen: jax.Array, p: RowParams, key: jax.Array, sample: bool) -> jax.Array:
+    """One row: logits [V] fp32, seen bool [V], its settings (scalars of :class:`RowParams`), a PRNG key -> the next
+    id (int32 scalar), equal to ``choose_jax`` with that row's :class:`SamplingParams`. ``sample`` (static): some
+    row of the batch samples (else only the argmax is computed)."""
+    scores = logits.astype(jnp.float32)
+    pen = p.repetition_penalty
+    scores = jnp.where(seen, jnp.where(scores < 0, scores * pen, _divide(scores, pen)), scores)
+    greedy = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+    if not sample:
+        return greedy
+    drawn = jax.random.categorical(key, _warp_row(scores, p)[None], axis=-1)[0].astype(jnp.int32)
+    return jnp.where(p.do_sample, drawn, greedy)
