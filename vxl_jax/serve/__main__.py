@@ -19,6 +19,7 @@ from vxl_jax.infer.api import VideoXL
 from vxl_jax.infer.demo import default_model
 from vxl_jax.runtime.compile_cache import default_cache_dir, enable_compilation_cache
 from vxl_jax.serve.app import Settings, create_app
+from vxl_jax.serve.cache import VideoCache
 from vxl_jax.serve.scheduler import Scheduler
 from vxl_jax.serve.server import bind, uvicorn_server, url_of
 
@@ -53,7 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="requests waiting for a row before new ones get 429 (default 64)")
     p.add_argument("--cache-mb", type=float, default=1024.0,
                    help="in-memory cache of encoded videos, MiB (default 1024; 0: no cache)")
-    p.add_argument("--cache-dir", default=None, help="spill encoded videos evicted from memory to this folder")
+    p.add_argument("--cache-dir", default=None,
+                   help="spill encoded videos pushed out of memory to this folder as memory files (default: none)")
+    p.add_argument("--cache-disk-mb", type=float, default=None,
+                   help="largest size of --cache-dir in MiB, oldest files removed first (default: no limit)")
     p.add_argument("--frames", type=int, default=None,
                    help="frames sampled per video when a request gives neither frames nor fps (default 128; 20 "
                         "with the embedded model)")
@@ -77,8 +81,9 @@ def check_args(a: argparse.Namespace) -> None:
     for flag, value in (("--timeout", a.timeout), ("--grace", a.grace), ("--max-upload-mb", a.max_upload_mb)):
         if value <= 0:
             raise UsageError(f"{flag} must be positive, got {value}")
-    if a.cache_mb < 0:
-        raise UsageError(f"--cache-mb must be >= 0, got {a.cache_mb}")
+    for flag, value in (("--cache-mb", a.cache_mb), ("--cache-disk-mb", a.cache_disk_mb)):
+        if value is not None and value < 0:
+            raise UsageError(f"{flag} must be >= 0, got {value}")
     if a.model is not None and not os.path.isdir(a.model):
         raise UsageError(f"--model {a.model} is not a folder")
     if a.media_root is not None and not os.path.isdir(a.media_root):
@@ -104,21 +109,22 @@ def build(a: argparse.Namespace):
     name = a.served_model_name or (os.path.basename(os.path.normpath(a.model)) if a.model else EMBEDDED_NAME)
     frames = a.frames or (DEMO_FRAMES if a.model is None else None)
     kwargs = {"default_frames": frames} if frames else {}
-    scheduler = Scheduler(vx, max_rows=a.max_rows, max_queue=a.max_queue, cache=video_cache(a, vx), **kwargs)
+    scheduler = Scheduler(vx, max_rows=a.max_rows, max_queue=a.max_queue, cache=video_cache(a), **kwargs)
     settings = Settings(model_name=name, api_key=a.api_key, media_root=a.media_root, upload_dir=a.upload_dir,
                         max_upload_bytes=int(a.max_upload_mb * (1 << 20)), timeout_s=a.timeout, grace_s=a.grace)
     return create_app(vx, scheduler, settings), settings
 
 
-def video_cache(a: argparse.Namespace, vx: VideoXL):
-    return None  # wired to the scheduler's VideoCache once it lands
+def video_cache(a: argparse.Namespace) -> VideoCache:
+    disk = None if a.cache_disk_mb is None else int(a.cache_disk_mb * (1 << 20))
+    return VideoCache(max_bytes=int(a.cache_mb * (1 << 20)), spill_dir=a.cache_dir, max_disk_bytes=disk)
 
 
 def main(argv=None) -> int:
     """Serve until SIGTERM / Ctrl-C -> 0; bad flags or a taken port -> one line on stderr and 2."""
     a = parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+                        stream=sys.stderr, force=True)
     try:
         check_args(a)
         sock = bind(a.host, a.port)

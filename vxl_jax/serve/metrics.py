@@ -23,7 +23,14 @@ SNAPSHOT = {
     "cache_bytes": ("vxl_cache_bytes", "bytes of encoded video memory in the cache", False),
     "cache_hits": ("vxl_cache_hits", "requests whose video memory came from the cache", True),
     "cache_misses": ("vxl_cache_misses", "requests whose video was encoded", True),
+    "cache_disk_hits": ("vxl_cache_disk_hits", "requests whose video memory was read back from the spill folder",
+                        True),
     "tokens_generated": ("vxl_tokens_generated", "tokens generated since start", True),
+    "encoding": ("vxl_videos_encoding", "videos being encoded now", False),
+    "encodes": ("vxl_videos_encoded", "videos encoded since start", True),
+    "errors": ("vxl_request_errors", "requests that failed in the scheduler (e.g. an unreadable video)", True),
+    "cancelled": ("vxl_requests_cancelled", "requests cancelled (client gone)", True),
+    "timeouts": ("vxl_request_timeouts", "requests that ran past their time limit", True),
 }
 disable_created_metrics()  # no *_created samples: scrapes show the values only
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
