@@ -175,18 +175,23 @@ def test_stream_equals_generate(server, client, http, media):
 
 
 def test_multi_turn_chat(server, client, media):
-    """A second turn: the earlier answer and the new question follow the video in the prompt."""
+    """A second turn: the earlier answer and the new question follow the video in the prompt; the video's memory
+    (system prompt + video) comes from the cache the first turn filled."""
     first = "What is moving?"
-    answer = server.vx.tokenizer.decode(reference(server.vx, media.root / "clip.mp4", first), skip_special_tokens=True)
+    ask = lambda messages: client.chat.completions.create(  # noqa: E731
+        model=MODEL, messages=messages, max_tokens=MAX_NEW, extra_body={"frames": FRAMES, "return_token_ids": True})
+    turn1 = ask(video_message("clip.mp4", first))
+    assert extra(turn1.choices[0], "token_ids") == reference(server.vx, media.root / "clip.mp4", first)
+    answer = turn1.choices[0].message.content
     messages = [{"role": "system", "content": DEFAULT_SYSTEM}, *video_message("clip.mp4", first),
                 {"role": "assistant", "content": answer}, {"role": "user", "content": QUESTION}]
     prompt = (f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n<|im_start|>user\n<image>\n{first}<|im_end|>\n"
               f"<|im_start|>assistant\n{answer}<|im_end|>\n<|im_start|>user\n{QUESTION}<|im_end|>\n"
               f"<|im_start|>assistant\n")
     want = reference(server.vx, media.root / "clip.mp4", ids=tokenizer_image_token(prompt, server.vx.tokenizer))
-    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=MAX_NEW,
-                                       extra_body={"frames": FRAMES, "return_token_ids": True})
-    assert extra(r.choices[0], "token_ids") == want
+    turn2 = ask(messages)
+    assert extra(turn2.choices[0], "token_ids") == want
+    assert turn2.usage.prompt_tokens_details.cached_tokens > 0
 
 
 def test_upload_then_ask(server, client, media):
