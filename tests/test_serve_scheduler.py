@@ -44,12 +44,12 @@ def prompt_ids(vx, question, video=True):
     return tokenizer_image_token(chat_prompt(question, with_video=video), vx.tokenizer)
 
 
-def request(vx, rid, question, video_path=None, **sampling):
+def request(vx, rid, question, video_path=None, timeout_s=None, num_frames=None, **sampling):
     ids = prompt_ids(vx, question, video_path is not None)
     prefix, suffix = split_prompt(ids)
-    video = VideoRef(video_path) if video_path is not None else None
+    video = VideoRef(video_path, num_frames=num_frames) if video_path is not None else None
     return GenRequest(rid, prefix, video, suffix if suffix is not None else np.zeros(0, np.int32),
-                      RowSampling(**{"max_tokens": 12, **sampling}))
+                      RowSampling(**{"max_tokens": 12, **sampling}), timeout_s=timeout_s)
 
 
 def reference(vx, question, frames, max_tokens=12, **kw):
@@ -109,15 +109,17 @@ def test_cancelled_row_frees_its_slot(demo_vx, sched):
     firsts = [s.get(timeout=300) for s in long]  # every row is decoding
     assert all(d.finish_reason is None and d.token_ids for d in firsts)
     waiting = sched.submit(request(demo_vx, "next", QUESTIONS[1], max_tokens=8))
-    assert sched.snapshot()["queue_depth"] == 1  # every row is taken
+    late = sched.submit(request(demo_vx, "late", QUESTIONS[2], max_tokens=2000, timeout_s=0.5))
+    assert sched.snapshot()["queue_depth"] == 2  # every row is taken
     long[0].cancel()
     ids, _, last = waiting.result(timeout=300)
     assert not long[1].ended  # served while the other long rows still decode
-    assert ids == reference(demo_vx, QUESTIONS[1], None, 8)
+    assert late.result(timeout=300)[2].finish_reason == "timeout"  # in the queue or in a row: its deadline passed
     for s in long:
         s.cancel()
     assert all(s.result(timeout=300)[2].finish_reason == "cancelled" for s in long)
     assert sched.snapshot()["active_rows"] == 0
+    assert ids == reference(demo_vx, QUESTIONS[1], None, 8)
 
 
 def test_bad_video_fails_alone(demo_vx, sched, videos, frames, tmp_path):
@@ -167,3 +169,71 @@ def test_per_row_settings_choose_as_static_ones():
         keys = jax.random.split(jax.random.PRNGKey(trial), B)
         want = [int(f(logits[b], seen[b], keys[b])) for b, f in enumerate(static)]
         assert np.asarray(ours(logits, seen, rows, keys)).tolist() == want
+
+
+def test_encoding_interleaves_with_decoding(demo_vx, sched, tmp_path, monkeypatch):
+    """A new video is encoded one window-scan call per turn: a row already decoding gets a decode chunk between
+    any two of them."""
+    engine, calls = demo_vx.core.engine, []
+    for name in ("windows", "decode"):
+        original = getattr(engine, name)
+        monkeypatch.setattr(engine, name, lambda *a, _f=original, _n=name, **k: (calls.append(_n), _f(*a, **k))[1])
+    running = sched.submit(request(demo_vx, "bg", QUESTIONS[0], max_tokens=2000))
+    assert running.get(timeout=300).finish_reason is None
+    path = write_sample_video(str(tmp_path / "c.mp4"), num_frames=50, size=(64, 48))
+    ids, _, last = sched.submit(request(demo_vx, "new", QUESTIONS[3], path, num_frames=35)).result(timeout=300)
+    assert not running.ended
+    running.cancel()
+    running.result(timeout=300)
+    scans = [i for i, c in enumerate(calls) if c == "windows"]
+    assert len(scans) == 3  # 3 complete windows in 2 calls (2 + 1), then the partial one
+    assert all("decode" in calls[a + 1:b] for a, b in zip(scans, scans[1:])), calls
+    monkeypatch.undo()
+    frames = load_video(path, 35, size=demo_vx.cfg.vision.image_size)[0]
+    assert ids == reference(demo_vx, QUESTIONS[3], frames)
+
+
+def test_cache_spills_to_memory_files(demo_vx, frames, tmp_path):
+    """Entries pushed out of the in-memory LRU are written as memory files (atomically: no temporary is left) and
+    read back, by this cache or a new one over the same folder; another model's fingerprint never reads them."""
+    from vxl_jax.serve.cache import memory_bytes
+
+    s = demo_vx.session(prompt_ids(demo_vx, QUESTIONS[0])[:5], ratio=8)
+    s.add_frames(frames[0][:10])
+    vm = s.video_memory()
+    cache = VideoCache(max_bytes=memory_bytes(vm) * 3 // 2, spill_dir=str(tmp_path))
+    cache.bind(demo_vx.cfg, demo_vx.core.dtype, demo_vx.fingerprint())
+    cache.put("k1", vm)
+    assert cache.stats()["cache_entries"] == 1 and not list(tmp_path.iterdir())
+    cache.put("k2", vm)  # pushes k1 out: spilled
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k1.mem"]
+    cache.flush()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k1.mem", "k2.mem"]
+    cold = VideoCache(spill_dir=str(tmp_path))
+    cold.bind(demo_vx.cfg, demo_vx.core.dtype, demo_vx.fingerprint())
+    back = cold.get("k1")
+    n = int(np.asarray(vm.kv.length)[0])
+    np.testing.assert_array_equal(np.asarray(back.kv.k[:, :, :n]), np.asarray(vm.kv.k[:, :, :n]))
+    assert back.prompt_ids.tolist() == vm.prompt_ids.tolist() and back.frames == vm.frames
+    assert cold.stats()["cache_disk_hits"] == 1 and cold.get("absent") is None
+    other = VideoCache(spill_dir=str(tmp_path))
+    other.bind(demo_vx.cfg, demo_vx.core.dtype, "0" * 32)
+    assert other.get("k2") is None and cold.stats()["cache_misses"] == 1
+
+
+def test_stop_cancels_what_is_left_and_refuses_new_requests(demo_vx, sched):
+    from vxl_jax.serve.scheduler import QueueFull, SchedulerClosed
+
+    own = Scheduler(demo_vx, max_rows=1, max_queue=1)
+    own.start()
+    running = own.submit(request(demo_vx, "r", QUESTIONS[0], max_tokens=2000))
+    assert running.get(timeout=300).finish_reason is None  # in the one row
+    queued = own.submit(request(demo_vx, "q", QUESTIONS[1]))
+    with pytest.raises(QueueFull):
+        own.submit(request(demo_vx, "x", QUESTIONS[2]))
+    own.stop(grace_s=0.2)
+    assert running.result(timeout=5)[2].finish_reason == "cancelled"
+    assert queued.result(timeout=5)[2].finish_reason == "cancelled"
+    with pytest.raises(SchedulerClosed):
+        own.submit(request(demo_vx, "y", QUESTIONS[2]))
+    assert not own._thread.is_alive()
