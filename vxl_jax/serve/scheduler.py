@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from vxl_jax.beacon.ratios import check_ratio
-from vxl_jax.infer.core import DECODE_CHUNK, Row
+from vxl_jax.infer.core import DECODE_CHUNK, TEXT_BUCKET, Row, capacity
 from vxl_jax.infer.results import VideoMemory
 from vxl_jax.infer.sampling import SamplingParams, seen_mask
 from vxl_jax.serve.cache import VideoCache, file_digest, video_key
@@ -40,7 +40,7 @@ from vxl_jax.serve.detok import TextStream
 from vxl_jax.serve.encode import EncodeJob, one_line
 from vxl_jax.serve.requests import (Delta, GenRequest, QueueFull, RequestStream, RowSampling, SchedulerClosed,
                                     VideoRef)
-from vxl_jax.serve.rows import DecodeRows, Occupant
+from vxl_jax.serve.rows import DecodeRows, Occupant, cap_bucket
 
 log = logging.getLogger(__name__)
 DEFAULT_FRAMES = 128  # frames per video when a VideoRef gives neither num_frames nor fps (infer.py's default)
@@ -312,7 +312,9 @@ class Scheduler:
             row = Row(np.asarray(req.prefix_ids, np.int32))
         else:
             row = Row.over_memory(item.memory, np.asarray(req.suffix_ids, np.int32))
-        p = self.core.prompt([row], room=max_new)
+        slots = len(row.text) + (int(np.asarray(row.memory.kv.length)[0]) if row.memory is not None else 0)
+        room = cap_bucket(capacity(slots + max_new)) - slots - TEXT_BUCKET  # capacities in the rows' buckets
+        p = self.core.prompt([row], room=room)
         item.prompt_tokens = int(np.asarray(p.memory.length)[0])
         item.memory = None  # the row has its own copy
         occ = Occupant(item, item.params, max_new, need=p.memory.capacity)
