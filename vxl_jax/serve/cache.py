@@ -4,8 +4,8 @@ it is answered without encoding it again.
 Key (:func:`video_key`): the content hash of the file (:func:`file_digest`, not its name: a renamed copy hits, an
 edited file misses), the frame sampling (count or fps), the ratio, the text before the video (the beacons attend
 to it) and the model's fingerprint. Entries live in an LRU bounded in bytes of K/V; with ``spill_dir`` an entry
-pushed out is written there as a memory file (``vxl_jax.infer.memory_file``, atomically: a temporary name, then a
-rename) and read back on a later miss; ``flush`` writes every entry (at shutdown). The cache is used from the
+pushed out is written there as a memory file (``vxl_jax.infer.memory_file``, written atomically) and read back
+on a later miss; ``flush`` writes every entry (at shutdown). The cache is used from the
 scheduler's model thread only (its entries are device arrays); ``stats`` may be read from any thread.
 """
 
@@ -134,15 +134,11 @@ class VideoCache:
         if self.spill_dir is None or self.model is None or key in self._on_disk:
             return
         path = self._path(key)
-        tmp = os.path.join(self.spill_dir, f".{key}.{os.getpid()}.tmp.mem")
         cfg, _, fingerprint = self.model
-        try:
-            memory_file.save_video_memory(tmp, vm, cfg, fingerprint)
-            os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+        try:  # atomic (memory files are written under a temporary name, then renamed)
+            memory_file.save_video_memory(path, vm, cfg, fingerprint)
         except (OSError, ValueError) as e:
             log.warning("video cache: could not write %s: %s", path, e)
-            if os.path.exists(tmp):
-                os.unlink(tmp)
             return
         self._on_disk.add(key)
         self.spilled += 1
