@@ -99,6 +99,15 @@ def train(work: str, a) -> tuple[str, dict]:
     return summary["export"], summary
 
 
+def require_matplotlib() -> None:
+    """Exit in one line, before any work, when the heatmap cannot be drawn (the ``eval`` extra is missing)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        sys.exit("error: the needle demo draws a heatmap, which needs matplotlib: pip install -e '.[eval]' "
+                 "(or run with --train-only)")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "niah_demo"))
@@ -115,6 +124,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-only", action="store_true")
     a = p.parse_args(argv)
+    if not a.train_only:
+        require_matplotlib()  # before minutes of training, not after
     t0 = time.time()
     work = os.path.abspath(a.workdir)
     export, summary = train(work, a)

@@ -14,10 +14,12 @@ import argparse
 import os
 import sys
 
+from vxl_jax.runtime.cli_args import OneLineParser
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line; relative paths made absolute (Orbax, reading our folders, wants absolute paths)."""
-    ap = argparse.ArgumentParser(prog="convert_weights.py", description=__doc__,
+    ap = OneLineParser(prog="convert_weights.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", required=True, help="source folder")
     ap.add_argument("--dst", required=True, help="destination folder (must not exist or be empty)")

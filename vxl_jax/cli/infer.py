@@ -33,13 +33,14 @@ import time
 
 from vxl_jax.cli.infer_report import UsageError, bad_input, log
 from vxl_jax.runtime.atomic_io import WriteError, check_target
+from vxl_jax.runtime.cli_args import OneLineParser
 
 DEFAULT_FRAMES = 128
 DEMO_FRAMES = 20  # the embedded random model only demonstrates the pipeline: keep its default run short
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="infer.py", description="Answer a question about a video with Video-XL (JAX / Flax NNX). "
         "Only the answer is printed to stdout.")
     p.add_argument("--model", help="converted checkpoint folder (convert_weights.py); default: the embedded "
@@ -92,7 +93,9 @@ def _add_live_args(p: argparse.ArgumentParser) -> None:
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="answer length limit (default: the checkpoint's generation_config, else 64)")
+                   help="answer length limit (default: max_new_tokens of the checkpoint's generation_config.json, "
+                        "else 64; the embedded tiny model: 32); --max_new_tokens (HF's spelling) works too, as do "
+                        "the other flags with underscores")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (overrides the checkpoint's sampling)")
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature, 0 = greedy; giving any of temperature/top-p/top-k turns sampling on "
@@ -148,6 +151,10 @@ def _check_live(a: argparse.Namespace) -> None:
     if a.video or a.memory:
         raise UsageError("--live reads its frames from the --live stream: no --video or --memory")
     a.live_size = parse_size(a.live_size)
+    if not os.path.exists(a.live):
+        raise UsageError(f"--live stream not found: {a.live} (start the producer first, or make a FIFO with mkfifo)")
+    if os.path.isdir(a.live):
+        raise UsageError(f"--live {a.live} is a folder; give the raw RGB24 stream (a file, pipe or FIFO)")
     if a.live_buffer < 1:
         raise UsageError(f"--live-buffer must be at least 1 frame, got {a.live_buffer}")
     if a.live_fps is not None and a.live_fps <= 0:

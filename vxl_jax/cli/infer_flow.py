@@ -30,7 +30,7 @@ from vxl_jax.cli.infer_report import (AnswerStream, StageClock, UsageError, bad_
 from vxl_jax.cli.infer_video import VideoFrames, open_video
 from vxl_jax.config import tiny_config
 from vxl_jax.convert.errors import ConversionError
-from vxl_jax.convert.folder import check_converted_folder
+from vxl_jax.convert.folder import check_converted_folder, has_tokenizer
 from vxl_jax.infer.api import VideoXL
 from vxl_jax.infer.demo import default_model
 from vxl_jax.infer.results import GenerateOutput, VideoMemory, split_prompt
@@ -74,7 +74,7 @@ def answer_question(a: argparse.Namespace, t_start: float) -> None:
     vx = load_with_tokenizer(a, timings)
     clock = StageClock(vx.engine)
     session = open_session(a, vx, clock)
-    suffix = question_suffix(vx, session, question, max_new_tokens(a, vx))
+    suffix = question_suffix(vx, session, question, max_new_tokens(a, vx), video.total if video else 0)
     fill(session, video, clock, timings, a.quiet)
     report(a, vx, ask(a, vx, session, suffix, clock), clock, timings, t_start)
 
@@ -110,9 +110,20 @@ def checked_config(a: argparse.Namespace):
     if a.model is None and not a.quiet:
         log(EMBEDDED_NOTE)
     cfg = tiny_config(a.dtype) if a.model is None else check_converted_folder(a.model)
+    if a.model is not None and not has_tokenizer(a.model):
+        raise UsageError(f"{a.model} has no tokenizer files; convert the checkpoint with its tokenizer")
     a.ratio = parse_ratio(a.ratio)
     check_ratio(cfg.beacon, a.ratio)
+    device_mesh(a)  # checked before any video is read
     return cfg
+
+
+def device_mesh(a: argparse.Namespace):
+    """``--mesh`` as a ``jax.sharding.Mesh`` (None: one device); ``UsageError`` if it is not one."""
+    try:
+        return inference_mesh(a.mesh) if a.mesh else None
+    except ValueError as e:
+        raise UsageError(f"--mesh: {e}") from None
 
 
 def load_with_tokenizer(a: argparse.Namespace, timings: dict) -> VideoXL:
@@ -120,10 +131,7 @@ def load_with_tokenizer(a: argparse.Namespace, timings: dict) -> VideoXL:
     checkpoint has no tokenizer or ``--mesh`` is not a mesh."""
     enable_compile_cache(a.compile_cache)
     t = time.perf_counter()
-    try:
-        mesh = inference_mesh(a.mesh) if a.mesh else None
-    except ValueError as e:
-        raise UsageError(f"--mesh: {e}") from None
+    mesh = device_mesh(a)
     if a.model is None:
         vx = default_model(dtype=a.dtype, mesh=mesh)
     else:
@@ -189,15 +197,30 @@ def add_frames(session: Session, frames: np.ndarray, clock: StageClock) -> None:
 # ---------------------------------------------------------------------------- ask
 
 
-def question_suffix(vx: VideoXL, session: Session, question: str, max_new: int) -> np.ndarray:
+def question_suffix(vx: VideoXL, session: Session, question: str, max_new: int, new_frames: int = 0) -> np.ndarray:
     """int32 ids of the prompt after the video for ``question``; warns when the prompt's text (the session's
-    prefix and these ids) is long for the model, ``UsageError`` when it cannot fit with the answer."""
+    prefix and these ids) is long for the model, ``UsageError`` when the prompt (its text, the video's memory once
+    ``new_frames`` more frames are compressed) and the answer cannot fit the model's positions."""
     with quiet_tokenizer_length_warning():
         suffix = suffix_ids(question, vx.tokenizer)
-    warning = check_prompt_length(len(session.state.prompt_ids) + len(suffix), max_new, vx.cfg)
+    st = session.state
+    video_slots = beacon_slots(vx.cfg.beacon, st.pending_frames + new_frames, st.ratio)
+    warning = check_prompt_length(len(st.prompt_ids), len(suffix), max_new, vx.cfg,
+                                  memory=session.sizes["total"] - len(st.prompt_ids) + video_slots)
     if warning:
         log(warning)
     return suffix
+
+
+def beacon_slots(beacon, frames: int, ratio) -> int:
+    """Memory slots ``frames`` more frames take once compressed (every window at ``ratio``; for a list, its
+    smallest ratio: the most slots a draw can take)."""
+    r = ratio if isinstance(ratio, int) else min(ratio)
+    visual, slots = int(frames) * beacon.tokens_per_frame, 0
+    while visual > 0:
+        slots += -(-min(visual, beacon.window) // r)
+        visual -= beacon.window
+    return slots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,17 +291,23 @@ def quiet_tokenizer_length_warning():
         logger.setLevel(level)
 
 
-def check_prompt_length(n_text: int, max_new: int, cfg) -> str | None:
-    """A warning for a prompt whose text is long for the model (None if fine); ``UsageError`` if the text
-    and the answer cannot fit the model's context (``lm.max_position_embeddings``) at all.
+def check_prompt_length(n_prefix: int, n_suffix: int, max_new: int, cfg, memory: int = 0) -> str | None:
+    """A warning for a prompt whose text is long for the model (None if fine); ``UsageError`` if the prompt and
+    the answer cannot fit the model's context (``lm.max_position_embeddings``) at all.
 
-    Text tokens are never compressed: each takes a memory slot, and Video-XL was trained on short questions."""
+    ``n_prefix`` / ``n_suffix``: text tokens before / after the video (``--stats`` reports the latter as
+    ``prompt_memory.text``); ``memory``: slots the video takes once compressed (beacons). Text tokens are never
+    compressed: each takes a memory slot, and Video-XL was trained on short questions."""
     context = cfg.lm.max_position_embeddings
-    if n_text + max_new > context:
-        raise UsageError(f"the prompt is {n_text} tokens and the answer may take {max_new}, more than the model's "
-                         f"context of {context} positions; shorten the question")
+    n_text = n_prefix + n_suffix
+    if n_text + memory + max_new > context:
+        raise UsageError(f"the prompt takes {n_text + memory} positions ({n_text} text tokens, {memory} for the "
+                         f"compressed video) and the answer may take {max_new}: more than the model's context of "
+                         f"{context} positions; shorten the question or the video, lower --max-new-tokens, or "
+                         f"raise --ratio")
     limit = min(LONG_PROMPT_TOKENS, context // 4)
     if n_text > limit:
-        return (f"warning: the prompt is {n_text} text tokens (over {limit}, the model's context is {context}): "
-                f"text is not compressed, answers to very long questions are unreliable and slow")
+        return (f"warning: the prompt is {n_text} text tokens (over {limit}, the model's context is {context}; "
+                f"{n_prefix} before the video, {n_suffix} after it: --stats' prompt_memory text): text is not "
+                f"compressed, answers to very long questions are unreliable and slow")
     return None

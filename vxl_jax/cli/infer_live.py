@@ -30,11 +30,14 @@ def start_live_readers(a: argparse.Namespace) -> tuple[queue.Queue, queue.Queue]
 
 
 def _read_frames(a: argparse.Namespace, step: int, frames_q: queue.Queue) -> None:
-    """Queue every ``step``-th frame of the --live stream (uint8 [H, W, 3]), then None."""
+    """Queue every ``step``-th frame of the --live stream (uint8 [H, W, 3]), then None (a read error: the
+    :class:`LiveStreamError` instead, raised by :meth:`LiveVideo.ingest`)."""
     width, height = a.live_size
     behind = False
     try:
-        for i, frame in enumerate(read_raw_frames(a.live, width, height, follow=a.live_idle)):
+        frames = read_raw_frames(a.live, width, height, follow=a.live_idle,
+                                 on_partial=lambda m: log(f"warning: --live: {m}"))
+        for i, frame in enumerate(frames):
             if i % step:
                 continue
             if frames_q.full() and not behind:
@@ -43,8 +46,13 @@ def _read_frames(a: argparse.Namespace, step: int, frames_q: queue.Queue) -> Non
                     f"read at the model's pace")
             frames_q.put(frame)
     except OSError as e:
-        log(f"error: cannot read --live {a.live}: {e}")
+        frames_q.put(LiveStreamError(f"cannot read --live {a.live}: {e.strerror or e}"))
+        return
     frames_q.put(None)
+
+
+class LiveStreamError(ValueError):
+    """The --live stream could not be read (bad input: one line, exit 2)."""
 
 
 def _read_questions(questions_q: queue.Queue) -> None:
@@ -71,6 +79,8 @@ class LiveVideo:
                 frame = self.frames_q.get(timeout=0.05) if block else self.frames_q.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(frame, LiveStreamError):
+                raise frame
             if frame is None:
                 self.done = True
             else:

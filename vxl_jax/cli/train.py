@@ -21,12 +21,14 @@ import logging
 import sys
 
 from vxl_jax.config import ConfigError
+from vxl_jax.runtime.cli_args import OneLineParser
 from vxl_jax.train.loop import run
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n", 2)[2])
+    p = OneLineParser(prog="train.py", description=__doc__.split("\n")[0],
+                      formatter_class=argparse.RawDescriptionHelpFormatter,
+                      epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--config", default="configs/tiny.yaml", help="preset YAML (default: configs/tiny.yaml)")
     p.add_argument("--export", default=None, help="write the final model here (default: <workdir>/export)")
     p.add_argument("--re-export", action="store_true",

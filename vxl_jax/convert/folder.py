@@ -52,6 +52,11 @@ def check_converted_folder(path) -> VideoXLConfig:
     return VideoXLConfig.from_json(os.path.join(path, CONFIG_NAME))
 
 
+def has_tokenizer(path) -> bool:
+    """Whether a converted folder carries tokenizer files (``load_converted`` then returns a tokenizer)."""
+    return any(os.path.isfile(os.path.join(os.fspath(path), f)) for f in _TOKENIZER_MARKERS)
+
+
 def _abstract_pure(cfg: VideoXLConfig, dtype=None):
     graphdef, state = nnx.split(abstract_model(cfg))
     pure = nnx.to_pure_dict(state)
@@ -114,7 +119,7 @@ def load_converted(path, dtype: str = "float32", mesh=None, rules: str = "infere
     model = nnx.merge(graphdef, state)
 
     tokenizer = None
-    if any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_MARKERS):
+    if has_tokenizer(path):
         tokenizer = AutoTokenizer.from_pretrained(path)
     gen = {}
     gp = os.path.join(path, "generation_config.json")

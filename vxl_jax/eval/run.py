@@ -106,6 +106,21 @@ def answer_item(vx, memory, prefix: np.ndarray, item: Item, style, scoring: str,
     raise ValueError(f"unknown scoring {scoring!r}; choose one of {', '.join(SCORINGS)}")
 
 
+def check_videos(videos_dir, items: Sequence[Item]) -> None:
+    """Before the first item: every video the items need is there (else one line: how many are missing, of how
+    many, and the first few), so a run never stops partway through a benchmark for a missing file."""
+    missing = []
+    for group in group_by_video(items):
+        try:
+            find_video(videos_dir, group[0])
+        except FileNotFoundError:
+            missing.append(group[0].video)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise FileNotFoundError(f"{len(missing)} of {len(group_by_video(items))} videos not found under {videos_dir}: "
+                                f"{shown}; nothing was scored")
+
+
 def check_settings(out_dir: str, settings: RunSettings) -> None:
     """Write ``run.json`` on the first run; refuse to resume a folder produced with other settings."""
     path = os.path.join(out_dir, "run.json")
@@ -130,7 +145,6 @@ def run_benchmark(vx, items: Sequence[Item], videos_dir, out_dir, *, settings: R
     out_dir = os.fspath(out_dir)
     if settings.scoring not in SCORINGS:
         raise ValueError(f"unknown scoring {settings.scoring!r}; choose one of {', '.join(SCORINGS)}")
-    check_settings(out_dir, settings)
     style = STYLES[style or settings.benchmark]
     results = ResultsFile(os.path.join(out_dir, "results.jsonl"))
     known = {it.id for it in items}
@@ -138,6 +152,8 @@ def run_benchmark(vx, items: Sequence[Item], videos_dir, out_dir, *, settings: R
     if stray:
         raise ValueError(f"{out_dir}/results.jsonl has items not in these annotations (e.g. {stray[0]!r})")
     todo = [it for it in items if it.id not in results.done]
+    check_videos(videos_dir, todo)
+    check_settings(out_dir, settings)
     size = vx.cfg.vision.image_size
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=settings.benchmark, unit="q",
                disable=not progress, dynamic_ncols=True)

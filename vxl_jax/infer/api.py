@@ -30,7 +30,7 @@ from vxl_jax.infer.core import DECODE_CHUNK, InferenceCore, Row, is_batch, rows_
 from vxl_jax.infer.reports import Clock, TokenProgress
 from vxl_jax.infer.results import GenerateOutput, PrefillResult, VideoMemory, split_prompt
 from vxl_jax.infer.sampling import SamplingParams
-from vxl_jax.infer.session import Session, load, start
+from vxl_jax.infer.session import Session, check_finite, load, start
 from vxl_jax.media.preprocess import preprocess_frames
 from vxl_jax.runtime.sharding import INFERENCE_PRESET, inference_mesh
 
@@ -97,6 +97,8 @@ class VideoXL:
         ``ratio_rng`` or ``self.ratio_rng``); ``features``: visual tokens [N, D] instead of frames;
         ``extra_slots``: memory room to reserve; ``keep_memory=False`` drops every beacon (ablation)."""
         clock = Clock(self.engine)
+        check_finite(pixel_values)
+        check_finite(features, "features")
         row = Row.from_prompt(input_ids, video_input(self.cfg, pixel_values, features))
         p = self.core.prompt([row], ratio, rng=self._rng(ratio_rng), room=extra_slots, keep=keep_memory,
                              progress=progress)
@@ -168,6 +170,8 @@ class VideoXL:
         single = not (is_batch(input_ids) or isinstance(memory, (list, tuple)))
         if not single and (features is not None or stream is not None):
             raise ValueError("features= and stream= take one prompt; call generate once per prompt for them")
+        check_finite(pixel_values)
+        check_finite(features, "features")
         rows = rows_of_call(self.cfg, [input_ids] if single else input_ids, [pixel_values] if single else pixel_values, memory,
                           features)
         max_new = int(max_new_tokens if max_new_tokens is not None else self.generation_config.get("max_new_tokens", 64))

@@ -110,9 +110,25 @@ def _compress(core: InferenceCore, kv: KVMemory, rows: np.ndarray, picks) -> KVM
     return core.feed_windows(kv, [VideoInput(rows, from_pixels=True)], distinct, idx)
 
 
+def check_finite(values, what: str = "pixel_values") -> None:
+    """``ValueError`` naming how many values are NaN / infinite in float ``values`` (a list: each entry; None and
+    integer arrays pass): such frames or features would silently turn every answer into garbage."""
+    if values is None:
+        return
+    if isinstance(values, (list, tuple)):
+        for i, v in enumerate(values):
+            check_finite(v, f"{what}[{i}]")
+        return
+    a = np.asarray(values)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        nan, inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+        raise ValueError(f"{what} has {nan} NaN and {inf} infinite values (of {a.size}); frames must be finite")
+
+
 def add_frames(core: InferenceCore, state: SessionState, pixel_values) -> SessionState:
     """Append frames; every window they complete is compressed now (its memory is donated: keep no
     reference to the old state's ``kv``)."""
+    check_finite(pixel_values)
     rows = stage_frames(core.cfg, video_input(core.cfg, pixel_values).data)
     added = len(rows)
     pending = state.pending

@@ -19,10 +19,12 @@ import os
 import tempfile
 import time
 import warnings
+from typing import Callable
 
 import numpy as np
 
 from vxl_jax.media.preprocess import resize_crop_frames
+from vxl_jax.media.pyav_reader import PyAVReader, readable_frames
 
 
 class VideoError(ValueError):
@@ -106,8 +108,21 @@ def _diagnose(path: str) -> str:
         return f"not a readable video ({type(e).__name__}: {e})"
 
 
+def _fallback(path: str):
+    """A file decord cannot open: the frames PyAV can decode (an mp4 cut short), with a warning naming how many;
+    else ``VideoError`` saying why it is unusable."""
+    readable, fps = readable_frames(path)
+    reason = _diagnose(path)
+    if readable == 0 or not reason.startswith("the decoder"):
+        raise VideoError(f"cannot read video {path}: {reason}")
+    warnings.warn(f"{path} is damaged or cut short (decord cannot open it): using the {readable} frames that can "
+                  f"be decoded", stacklevel=3)
+    return PyAVReader(path, readable, fps)
+
+
 def open_video(path):
-    """decord ``VideoReader(path, ctx=cpu(0))`` with clear ``VideoError`` messages."""
+    """decord ``VideoReader(path, ctx=cpu(0))`` with clear ``VideoError`` messages (a file decord cannot open
+    whose first frames PyAV decodes: those frames, with a warning; :mod:`vxl_jax.media.pyav_reader`)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoError(f"video file not found: {path}")
@@ -121,7 +136,7 @@ def open_video(path):
         with _captured_stderr():
             vr = VideoReader(path, ctx=cpu(0), num_threads=1)
     except Exception:
-        raise VideoError(f"cannot read video {path}: {_diagnose(path)}") from None
+        vr = _fallback(path)
     if len(vr) == 0:
         raise VideoError(f"cannot use video {path}: it has zero frames")
     return vr
@@ -197,19 +212,21 @@ def _chunk(frames: list, size: int | None) -> np.ndarray:
     return out
 
 
-def read_raw_frames(stream, width: int, height: int, follow: float = 0.0, poll: float = 0.2):
+def read_raw_frames(stream, width: int, height: int, follow: float = 0.0, poll: float = 0.2,
+                    on_partial: Callable[[str], None] | None = None):
     """Frames from a raw RGB24 byte stream (a pipe, a FIFO, or a file another process is writing, e.g.
     ``ffmpeg -i CAMERA -f rawvideo -pix_fmt rgb24 -s WxH out.rgb``) -> uint8 [height, width, 3] each.
 
     ``stream``: a binary file object or a path. At end of data the reader stops, or with ``follow`` > 0 waits
-    for more (a growing file) and stops after ``follow`` seconds without new bytes.
+    for more (a growing file) and stops after ``follow`` seconds without new bytes. A stream that ends partway
+    into a frame (a producer stopped mid-frame, or frames of another size than ``width`` x ``height``) is said
+    so: ``on_partial(message)`` (default: a ``UserWarning``); the partial frame is not used.
     """
     frame_bytes = width * height * 3
     own = not hasattr(stream, "read")
     f = open(stream, "rb") if own else stream
     try:
-        buf = b""
-        idle = 0.0
+        buf, idle, frames = b"", 0.0, 0
         while True:
             data = f.read(frame_bytes - len(buf))
             if data:
@@ -217,15 +234,20 @@ def read_raw_frames(stream, width: int, height: int, follow: float = 0.0, poll: 
                 idle = 0.0
                 if len(buf) == frame_bytes:
                     yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
-                    buf = b""
+                    buf, frames = b"", frames + 1
                 continue
             if idle >= follow:
-                return
+                break
             time.sleep(poll)
             idle += poll
     finally:
         if own:
             f.close()
+    if buf:
+        message = (f"the raw stream ended {len(buf)} bytes into frame {frames + 1} (a {width}x{height} RGB24 frame "
+                   f"is {frame_bytes} bytes; {frames * frame_bytes + len(buf)} bytes in all, not a multiple): the "
+                   f"partial frame is not used; check the frame size (--live-size) or the producer")
+        (on_partial or (lambda m: warnings.warn(m, stacklevel=2)))(message)
 
 
 def load_video(path, num_frames: int, size: int | None = None, batch: int = 32) -> tuple[np.ndarray, dict]:
