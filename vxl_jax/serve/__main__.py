@@ -123,8 +123,9 @@ def video_cache(a: argparse.Namespace) -> VideoCache:
 def main(argv=None) -> int:
     """Serve until SIGTERM / Ctrl-C -> 0; bad flags or a taken port -> one line on stderr and 2."""
     a = parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr, force=True)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr, force=True)  # forced: importing jax has configured the root logger
+    logging.getLogger("vxl_jax").setLevel(a.log_level.upper())  # our lines at --log-level, the libraries' warnings
     try:
         check_args(a)
         sock = bind(a.host, a.port)
