@@ -15,8 +15,10 @@ import os
 import signal
 import sys
 
+from vxl_jax.convert.errors import ConversionError
 from vxl_jax.infer.api import VideoXL
 from vxl_jax.infer.demo import default_model
+from vxl_jax.runtime.cli_args import OneLineParser
 from vxl_jax.runtime.compile_cache import default_cache_dir, enable_compilation_cache
 from vxl_jax.serve.app import Settings, create_app
 from vxl_jax.serve.cache import VideoCache
@@ -34,7 +36,7 @@ class UsageError(ValueError):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m vxl_jax.serve", description=__doc__.split("\n\n")[1].strip())
+    p = OneLineParser(prog="python -m vxl_jax.serve", description=__doc__.split("\n\n")[1].strip())
     p.add_argument("--model", help="converted checkpoint folder (convert_weights.py); default: the embedded tiny "
                                    "random model")
     p.add_argument("--served-model-name", default=None,
@@ -130,8 +132,8 @@ def main(argv=None) -> int:
         check_args(a)
         sock = bind(a.host, a.port)
         app, settings = build(a)
-    except (UsageError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UsageError, OSError, ValueError, ConversionError) as e:
+        print(f"python -m vxl_jax.serve: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: reachable from other machines%s", a.host,
