@@ -147,3 +147,62 @@ def test_infer_save_memory_past_a_file_size_limit(tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.count("\n") == 1 and "File too large" in r.stderr and str(mem) in r.stderr, r.stderr
     assert not mem.exists() and _temporaries(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def torch_folder(tmp_path_factory, demo_vx):
+    from vxl_jax.convert import export_torch
+    from vxl_jax.convert.folder import save_converted
+
+    d = tmp_path_factory.mktemp("kill")
+    save_converted(d / "ours", demo_vx.model)
+    export_torch(str(d / "ours"), str(d / "torch"), progress=False)
+    return d
+
+
+def _kill_midway(code: str, parent: pathlib.Path, name: str, seed: int) -> int:
+    """Start ``code`` in a child; once anything of ``name`` (its temporary or itself) appears in ``parent``, SIGKILL
+    it after a random delay (``seed``). -> the child's exit status."""
+    import random
+    import time
+
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"})
+    deadline = time.time() + 240
+    while p.poll() is None and time.time() < deadline:
+        if any(f == name or f.startswith(f".{name}.") for f in os.listdir(parent)):
+            time.sleep(random.Random(seed).uniform(0.0, 0.3))
+            break
+        time.sleep(0.005)
+    p.kill()
+    return p.wait()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigkill_mid_conversion_or_export_leaves_nothing_or_a_complete_folder(torch_folder, seed):
+    """A conversion (torch -> ours) or a converted-folder save (training's export) killed at a random point: the
+    destination is absent or complete (its fingerprint matches its parameters); the next run succeeds."""
+    from vxl_jax.config import tiny_config
+    from vxl_jax.convert import convert
+    from vxl_jax.convert import fingerprint as F
+    from vxl_jax.convert.folder import save_converted
+
+    d = torch_folder
+    name = f"conv{seed}" if seed == 0 else f"export{seed}"
+    work = (f"from vxl_jax.convert import convert; convert({str(d / 'torch')!r}, {str(d / name)!r}, progress=False)"
+            if seed == 0 else
+            "from vxl_jax.infer.api import VideoXL; from vxl_jax.convert.folder import save_converted; "
+            f"save_converted({str(d / name)!r}, VideoXL.load({str(d / 'ours')!r}).model)")
+    code = _kill_midway(work, d, name, seed)
+    if (d / name).exists():  # finished before the kill: complete
+        assert F.read_record(d / name) == F.of_folder(d / name, tiny_config()), code
+        return
+    assert code == -signal.SIGKILL
+    if seed == 0:
+        convert(str(d / "torch"), str(d / name), progress=False)
+    else:
+        from vxl_jax.infer.api import VideoXL
+
+        save_converted(d / name, VideoXL.load(d / "ours").model)
+    assert F.read_record(d / name) == F.read_record(d / "ours")
+    assert not [f for f in os.listdir(d) if f.startswith(f".{name}.")]  # the killed run's temporary is gone
