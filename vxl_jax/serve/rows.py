@@ -2,12 +2,13 @@
 sampling settings, rows joining and leaving between chunks.
 
 State (device): the batched memory ``[B, capacity]`` and each row's decoding state (last logits [B, V], seen mask
-[B, V], PRNG key [B, 2]); host: what occupies each row. A prompted row (its memory [1, c] after its text, its
-last logits) is written into a free row by one compiled update (:func:`_put`); a finished row is simply left
-(remaining 0: it chooses nothing and its memory is not written) until another takes its place. Shapes are
-bucketed so few programs compile: B is a power of two (or ``max_rows``), the capacity ``SLOT_BUCKET`` times a
-power of two; the batch is regathered (:meth:`DecodeRows._resize`) only when it must grow or can shrink by 4x.
-Each chunk is the compiled decode loop of :mod:`vxl_jax.infer.decode` with per-row settings (``RowParams``).
+[B, V], PRNG key [B, 2]); host: what occupies each row. A prompted row (a row of a batched prompt's memory
+[n, c] after its text, and its last logits) is written into a free row by one compiled update (:func:`_put`); a
+finished row is simply left (remaining 0: it chooses nothing and its memory is not written) until another takes
+its place. Shapes are bucketed so few programs compile: B is a power of two (or ``max_rows``), the capacity
+``SLOT_BUCKET`` times a power of two; the batch is regathered (:meth:`DecodeRows._resize`) only when it must
+grow or can shrink by 4x. Each chunk is the compiled decode loop of :mod:`vxl_jax.infer.decode` with per-row
+settings (``RowParams``).
 """
 
 from __future__ import annotations
@@ -89,8 +90,9 @@ class DecodeRows:
     def capacity(self) -> int:
         return 0 if self.state is None else self.state[0].capacity
 
-    def insert(self, occ: Occupant, mem: KVMemory, last, seen, key) -> None:
-        """A prompted row: ``mem`` [1, c] after its text, ``last`` [V], ``seen`` [V] bool, ``key`` [2]."""
+    def insert(self, occ: Occupant, mem: KVMemory, at: int, last, seen, key) -> None:
+        """A prompted row: row ``at`` of ``mem`` [n, c] (after its text), ``last`` [V] fp32, ``seen`` [V] bool,
+        ``key`` [2]."""
         if not self.free:
             raise RuntimeError("no free decode row")
         need_rows = self.active + 1
@@ -98,7 +100,7 @@ class DecodeRows:
         if self.state is None or need_rows > len(self.rows) or cap > self.capacity:
             self._resize(next(s for s in self.sizes if s >= need_rows), cap)
         index = self.rows.index(None)
-        row = (take_rows(mem, [0], self.capacity), jnp.asarray(last, jnp.float32)[None], jnp.asarray(seen)[None],
+        row = (take_rows(mem, [at], self.capacity), jnp.asarray(last, jnp.float32)[None], jnp.asarray(seen)[None],
                jnp.asarray(key)[None])
         self.state = _put(self.state, row, jnp.int32(index))
         self.rows[index] = occ

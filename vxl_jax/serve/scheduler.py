@@ -6,8 +6,8 @@ One model thread does all JAX work, in a loop; each turn:
    then it takes its video's memory from the cache (:class:`~vxl_jax.serve.cache.VideoCache`), joins the
    encoding of the same video already under way (a video is encoded once however many ask at once), or starts
    one (:class:`~vxl_jax.serve.encode.EncodeJob`, frames decoded on a reader thread);
-2. requests whose memory is ready are prompted (their text over the memory: ``InferenceCore.prompt``, as
-   ``VideoXL.generate(..., memory=...)``) and written into free decode rows (:class:`~vxl_jax.serve.rows.DecodeRows`);
+2. requests whose memory is ready are prompted together (their texts over their memories: one
+   ``InferenceCore.prompt`` call, as ``VideoXL.generate(..., memory=...)``) and written into free decode rows (:class:`~vxl_jax.serve.rows.DecodeRows`);
 3. at most one encoding step (one window-scan call), so a long new video never stalls the streams already
    decoding for more than that;
 4. one decode chunk over every active row (each row its own memory length and sampling settings); new text is
@@ -29,6 +29,7 @@ import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vxl_jax.beacon.ratios import check_ratio
@@ -294,35 +295,39 @@ class Scheduler:
         return True
 
     def _admit(self) -> bool:
-        """Prompt ready requests into free rows (one text call each) -> whether any was."""
-        worked = False
-        while self._ready and self.rows.free:
-            item = self._ready.pop(0)
-            worked = True
-            try:
-                self._prompt(item)
-            except Exception as e:  # this request's prompt failed; the others go on
-                log.exception("scheduler: request %s could not be prompted", item.req.id)
+        """Prompt the ready requests that fit in the free rows, together (one text call) -> whether any were."""
+        n = min(len(self._ready), self.rows.free)
+        if not n:
+            return False
+        batch, self._ready = self._ready[:n], self._ready[n:]
+        try:
+            self._prompt(batch)
+        except Exception as e:  # these requests fail; the others go on
+            log.exception("scheduler: requests %s could not be prompted", [i.req.id for i in batch])
+            for item in batch:
                 self._finish(item, "error", error=one_line(e))
-        return worked
+        return True
 
-    def _prompt(self, item: _Item) -> None:
-        req, max_new = item.req, int(item.req.sampling.max_tokens)
-        if item.memory is None:
-            row = Row(np.asarray(req.prefix_ids, np.int32))
-        else:
-            row = Row.over_memory(item.memory, np.asarray(req.suffix_ids, np.int32))
-        slots = len(row.text) + (int(np.asarray(row.memory.kv.length)[0]) if row.memory is not None else 0)
-        room = cap_bucket(capacity(slots + max_new)) - slots - TEXT_BUCKET  # capacities in the rows' buckets
-        p = self.core.prompt([row], room=room)
-        item.prompt_tokens = int(np.asarray(p.memory.length)[0])
-        item.memory = None  # the row has its own copy
-        occ = Occupant(item, item.params, max_new, need=p.memory.capacity)
-        self.rows.insert(occ, p.memory, p.last()[0], seen_mask(row.seen, self.rows.vocab),
-                         jax.random.PRNGKey(item.seed))
-        item.phase = "active"
-        with self._lock:
-            self._waiting -= 1
+    def _prompt(self, batch: list[_Item]) -> None:
+        """Each request's text over its memory (or its whole prompt) in one ``InferenceCore.prompt`` call, as
+        ``VideoXL.generate(..., memory=...)`` does; rows padded to a row bucket (copies of the first) and memories
+        sized to the rows' capacity buckets (few programs), then written into free decode rows."""
+        rows = [Row(np.asarray(i.req.prefix_ids, np.int32)) if i.memory is None
+                else Row.over_memory(i.memory, np.asarray(i.req.suffix_ids, np.int32)) for i in batch]
+        slots = [len(r.text) + (0 if r.memory is None else int(np.asarray(r.memory.kv.length)[0])) for r in rows]
+        needs = [cap_bucket(capacity(n + int(i.req.sampling.max_tokens))) for n, i in zip(slots, batch)]
+        size = next(s for s in self.rows.sizes if s >= len(rows))
+        p = self.core.prompt(rows + [rows[0]] * (size - len(rows)), room=max(needs) - max(slots) - TEXT_BUCKET)
+        last = p.logits[jnp.arange(size), jnp.asarray(p.n - 1)]  # [size, V] on the device
+        lengths = np.asarray(p.memory.length)
+        for b, (item, row) in enumerate(zip(batch, rows)):
+            item.prompt_tokens, item.memory = int(lengths[b]), None  # the row has its own copy
+            occ = Occupant(item, item.params, int(item.req.sampling.max_tokens), need=needs[b])
+            self.rows.insert(occ, p.memory, b, last[b], seen_mask(row.seen, self.rows.vocab),
+                             jax.random.PRNGKey(item.seed))
+            item.phase = "active"
+            with self._lock:
+                self._waiting -= 1
 
     def _decode_step(self) -> bool:
         """One decode chunk; hand out each row's new text; free the rows that finished."""
