@@ -141,8 +141,8 @@ def test_infer_save_memory_past_a_file_size_limit(tmp_path):
         import resource, sys
         from vxl_jax.cli.infer import main
         resource.setrlimit(resource.RLIMIT_FSIZE, (60 * 1024, 60 * 1024))
-        sys.exit(main(["--video", {str(video)!r}, "--frames", "12", "--question", "What?", "--max-new-tokens", "2", "--quiet",
-                       "--save-memory", {str(mem)!r}, "--compile-cache", "none"]))
+        sys.exit(main(["--video", {str(video)!r}, "--frames", "12", "--question", "What?", "--max-new-tokens", "2",
+                       "--quiet", "--save-memory", {str(mem)!r}, "--compile-cache", "none"]))
         """, env={"JAX_PLATFORMS": "cpu"}, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.count("\n") == 1 and "File too large" in r.stderr and str(mem) in r.stderr, r.stderr

@@ -43,8 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="parameter / compute dtype (default float32)")
     p.add_argument("--frames", type=int, default=None, help="frames per video, uniform (default 128; with --fps: the cap)")
     p.add_argument("--fps", type=float, default=None, help="sample this many frames per second instead")
-    p.add_argument("--ratio", default=None, help="compression ratio, an int that divides the 1440-token window (default "
-                                                 "8), or a comma list (e.g. 2,8) for step-random mode")
+    p.add_argument("--ratio", default=None,
+                   help="compression ratio, an int that divides the 1440-token window (default 8), or a comma list "
+                        "(e.g. 2,8) for step-random mode")
     p.add_argument("--scoring", default="generate", choices=SCORINGS,
                    help="generate: greedy answer, letter parsed (as the original); loglik: most likely option letter; "
                         "loglik-text: option text with the highest log-likelihood")

@@ -1,7 +1,7 @@
 """Save / load a compressed video memory (``KVMemory``, batch 1) as safetensors + JSON metadata.
 
-Only the valid slots are stored. The metadata names the model geometry and a fingerprint of the
-model's weights (:mod:`vxl_jax.convert.fingerprint`: every parameter), so loading a memory into a model of another shape, or into
+Only the valid slots are stored. The metadata names the model geometry and the fingerprint of the model's weights
+(:mod:`vxl_jax.convert.fingerprint`: every parameter), so loading a memory into a model of another shape, or into
 another model of the same shape, is a clear error instead of garbage.
 """
 
