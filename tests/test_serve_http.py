@@ -293,6 +293,8 @@ def test_upload_limits(http, media):
     assert "content-length" not in r.request.headers
     assert_error(r, 413, "file_too_large")
     assert_error(http.post("/v1/files", content=b"raw", headers={"Content-Type": "video/mp4"}), 400)
+    huge = json.dumps(chat_body(question="x" * (9 << 20)))
+    assert_error(http.post("/v1/chat/completions", content=huge, headers={"Content-Type": "application/json"}), 413)
     assert not [n for n in os.listdir(media.base / "uploads") if n.endswith(".tmp")]  # nothing half-written left
 
 

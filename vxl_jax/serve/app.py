@@ -34,6 +34,7 @@ from vxl_jax.serve.uploads import Uploads
 
 log = logging.getLogger("vxl_jax.serve")
 MULTIPART_SLACK = 64 << 10  # bytes of multipart framing allowed over the upload limit in Content-Length
+MAX_JSON_BYTES = 8 << 20  # the largest chat request body (videos come as paths or upload ids, not inline)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +111,7 @@ def _routes(app: FastAPI, ctx: Context, metrics: Metrics, uploads: Uploads) -> N
 async def _chat(request: Request, ctx: Context, metrics: Metrics):
     """One chat completion: checked, submitted, answered as JSON or as server-sent events. The request's row is
     cancelled when the client goes away (or the answer is not needed any more)."""
-    chat = parse_chat(parse_json(await request.body()))
+    chat = parse_chat(parse_json(await _body(request, MAX_JSON_BYTES)))
     job = build_request(chat, ctx)
     info = request.scope["vxl_log"]
     info.update(id=job.id, video=os.path.basename(job.video.path) if job.video else "-")
@@ -132,6 +133,17 @@ async def _chat(request: Request, ctx: Context, metrics: Metrics):
     except BaseException:
         done()
         raise
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, or 413 as soon as it is over ``limit`` bytes."""
+    size, parts = 0, []
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, f"the request body is over {limit} bytes", code="request_too_large")
+        parts.append(part)
+    return b"".join(parts)
 
 
 async def _guarded(events, done):
