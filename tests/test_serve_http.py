@@ -3,7 +3,7 @@ tiny model and the real scheduler, talked to with the official ``openai`` client
 
 - answers: non-stream and stream (SSE chunks ending with ``[DONE]``) equal ``vx.generate``'s greedy ids for the
   same prompt and frames (read as ``infer.py`` reads them); a multi-turn chat; an uploaded video; 8 concurrent
-  requests over 2 videos equal the sequential answers;
+  requests over 2 videos equal the sequential answers; the README's openai client block runs as pasted;
 - refusals, each with its status code and OpenAI's error body, the server serving on after them: 401, 403 (``..``,
   an absolute path outside, an escaping symlink, a file:// URL outside), 400 (bad JSON, empty messages, a bad or
   missing video, a remote URL, bad fields), 404 (unknown model), 413 (upload over the limit, with and without
@@ -216,6 +216,22 @@ def test_concurrent_equals_sequential(server, media):
 
     got = [extra(r.choices[0], "token_ids") for r in asyncio.run(ask_all())]
     assert got == want
+
+
+def test_readme_client_example_runs(server, http, media, capsys, monkeypatch):
+    """The README's openai client block, as pasted but for the server's address, key, model name, video and
+    frame count: it prints the streamed answer, the same text as the plain answer to that request."""
+    readme = (ROOT / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "from openai import OpenAI" in b)
+    for old, new in (("http://127.0.0.1:8000", server.url), ('api_key="unused"', f'api_key="{KEY}"'),
+                     ('"videoxl-jax"', f'"{MODEL}"'), ('"frames": 128', f'"frames": {FRAMES}')):
+        assert old in block, old
+        block = block.replace(old, new)
+    monkeypatch.chdir(media.root)
+    exec(compile(block.replace('"cat.mp4"', '"clip.mp4"'), "README.md (server client)", "exec"), {})
+    body = {**chat_body(question="What happens in this video?", max_tokens=64), "return_token_ids": False}
+    assert capsys.readouterr().out == http.post("/v1/chat/completions", json=body).json()["choices"][0]["message"][
+        "content"]
 
 
 # ---------------------------------------------------------------------------- refusals
