@@ -35,9 +35,11 @@ import pytest
 from tests.conftest import ROOT, xla_cache_dir
 from vxl_jax.media.video import load_video, write_sample_video
 from vxl_jax.serve.app import Settings, create_app
+from vxl_jax.serve.chat import ApiError
 from vxl_jax.serve.requests import QueueFull, SchedulerClosed
 from vxl_jax.serve.scheduler import Scheduler
 from vxl_jax.serve.server import BackgroundServer
+from vxl_jax.serve.uploads import Uploads
 from vxl_jax.text.constants import DEFAULT_SYSTEM
 from vxl_jax.text.prompt import question_ids, tokenizer_image_token
 
@@ -312,6 +314,23 @@ def test_upload_limits(http, media):
     huge = json.dumps(chat_body(question="x" * (9 << 20)))
     assert_error(http.post("/v1/chat/completions", content=huge, headers={"Content-Type": "application/json"}), 413)
     assert not [n for n in os.listdir(media.base / "uploads") if n.endswith(".tmp")]  # nothing half-written left
+
+
+def test_uploads_over_the_total_remove_the_oldest(tmp_path):
+    uploads = Uploads(str(tmp_path), max_bytes=100, max_total_bytes=150)
+
+    async def save(data: bytes) -> str:
+        async def body():
+            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="v.mp4"\r\n\r\n'
+            yield data
+            yield b"\r\n--b--\r\n"
+        return (await uploads.save(body(), "multipart/form-data; boundary=b"))["id"]
+
+    ids = [asyncio.run(save(bytes([i]) * 60)) for i in range(3)]
+    with pytest.raises(ApiError):
+        uploads.path(ids[0])
+    assert [open(uploads.path(i), "rb").read() for i in ids[1:]] == [b"\1" * 60, b"\2" * 60]
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(uploads.path(i)) for i in ids[1:])
 
 
 def test_request_timeout(http):

@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "default: none, only uploaded videos (POST /v1/files)")
     p.add_argument("--upload-dir", default=None, help="where uploaded videos are kept (default: a temporary folder)")
     p.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest upload in MiB (default 2048)")
+    p.add_argument("--max-uploads-gb", type=float, default=32.0,
+                   help="all uploads together in GiB; past it the oldest are removed (default 32)")
     p.add_argument("--max-rows", type=int, default=8, help="decode rows held at once (default 8)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting for a row before new ones get 429 (default 64)")
@@ -80,7 +82,8 @@ def check_args(a: argparse.Namespace) -> None:
                              ("--port", a.port, 0), ("--frames", a.frames, 1)):
         if value is not None and value < low:
             raise UsageError(f"{flag} must be >= {low}, got {value}")
-    for flag, value in (("--timeout", a.timeout), ("--grace", a.grace), ("--max-upload-mb", a.max_upload_mb)):
+    for flag, value in (("--timeout", a.timeout), ("--grace", a.grace), ("--max-upload-mb", a.max_upload_mb),
+                        ("--max-uploads-gb", a.max_uploads_gb)):
         if value <= 0:
             raise UsageError(f"{flag} must be positive, got {value}")
     for flag, value in (("--cache-mb", a.cache_mb), ("--cache-disk-mb", a.cache_disk_mb)):
@@ -113,7 +116,8 @@ def build(a: argparse.Namespace):
     kwargs = {"default_frames": frames} if frames else {}
     scheduler = Scheduler(vx, max_rows=a.max_rows, max_queue=a.max_queue, cache=video_cache(a), **kwargs)
     settings = Settings(model_name=name, api_key=a.api_key, media_root=a.media_root, upload_dir=a.upload_dir,
-                        max_upload_bytes=int(a.max_upload_mb * (1 << 20)), timeout_s=a.timeout, grace_s=a.grace)
+                        max_upload_bytes=int(a.max_upload_mb * (1 << 20)),
+                        max_uploads_bytes=int(a.max_uploads_gb * (1 << 30)), timeout_s=a.timeout, grace_s=a.grace)
     return create_app(vx, scheduler, settings), settings
 
 

@@ -47,6 +47,7 @@ class Settings:
     media_root: str | None = None
     upload_dir: str | None = None
     max_upload_bytes: int = 2 << 30
+    max_uploads_bytes: int | None = 32 << 30  # all uploads together: the oldest are removed past it
     timeout_s: float | None = 600.0
     retry_after_s: int = 1
     grace_s: float = 10.0
@@ -56,7 +57,7 @@ def create_app(vx, scheduler, settings: Settings, manage_scheduler: bool = True)
     """The app over ``scheduler`` (a started-on-startup ``Scheduler`` when ``manage_scheduler``: the app's
     lifespan starts it and stops it with ``settings.grace_s``)."""
     upload_dir = settings.upload_dir or tempfile.mkdtemp(prefix="vxl_uploads_")
-    uploads = Uploads(upload_dir, settings.max_upload_bytes)
+    uploads = Uploads(upload_dir, settings.max_upload_bytes, settings.max_uploads_bytes)
     ctx = Context(vx, scheduler, MediaRoot(settings.media_root, uploads), settings.model_name, settings.timeout_s,
                   settings.retry_after_s)
     metrics = Metrics(scheduler.snapshot)

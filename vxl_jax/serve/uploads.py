@@ -11,6 +11,7 @@ temporary file in the folder, renamed into place when complete (a failed or refu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -27,16 +28,17 @@ EXT = re.compile(r"\.[A-Za-z0-9]{1,8}")
 
 
 class Uploads:
-    """The folder of uploaded videos (``{id}{ext}`` files) and their size limit in bytes."""
+    """The folder of uploaded videos (``{id}{ext}`` files), the size limit of one upload and of them all (bytes):
+    past ``max_total_bytes`` the oldest uploads are removed (their ids then answer 400)."""
 
-    def __init__(self, folder: str, max_bytes: int):
+    def __init__(self, folder: str, max_bytes: int, max_total_bytes: int | None = None):
         os.makedirs(folder, exist_ok=True)
         self.folder, self.max_bytes = folder, int(max_bytes)
-        self._paths = {}
-        for name in os.listdir(folder):  # uploads kept from an earlier run of the same folder
-            stem, ext = os.path.splitext(name)
-            if ID.fullmatch(stem) and not ext.endswith(".tmp"):
-                self._paths[stem] = os.path.join(folder, name)
+        self.max_total_bytes = None if max_total_bytes is None else int(max_total_bytes)
+        self._paths: dict[str, str] = {}  # id -> path, oldest first
+        names = [n for n in os.listdir(folder) if ID.fullmatch(os.path.splitext(n)[0]) and not n.endswith(".tmp")]
+        for name in sorted(names, key=lambda n: os.path.getmtime(os.path.join(folder, n))):  # an earlier run's
+            self._paths[os.path.splitext(name)[0]] = os.path.join(folder, name)
 
     def is_id(self, url: str) -> bool:
         return bool(ID.fullmatch(url))
@@ -68,8 +70,23 @@ class Uploads:
         finally:
             sink.discard()
         self._paths[file_id] = path
+        self._trim()
         return {"id": file_id, "object": "file", "bytes": sink.size, "created_at": int(time.time()),
                 "filename": sink.filename, "purpose": "user_data"}
+
+
+    def _trim(self) -> None:
+        """Remove the oldest uploads while all of them are over ``max_total_bytes`` (the newest always stays)."""
+        if self.max_total_bytes is None:
+            return
+        sizes = {k: os.path.getsize(p) if os.path.isfile(p) else 0 for k, p in self._paths.items()}
+        total = sum(sizes.values())
+        for file_id in list(self._paths)[:-1]:
+            if total <= self.max_total_bytes:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._paths.pop(file_id))
+            total -= sizes[file_id]
 
 
 class _FileSink:
