@@ -6,8 +6,9 @@
 The "small" config (LLM hidden 256 x 4 layers, 8 heads / 2 KV heads, intermediate 768; CLIP hidden 128 x 4 layers
 at 336 px; vocab 512 so that the embedded tiny tokenizer covers every id), random weights, fp32, ratio 8,
 greedy, ``--new-tokens`` per answer. The server (``create_app`` + uvicorn on 127.0.0.1, a free port, the real
-scheduler with ``--max-rows`` rows) is sent streaming chat completions by asyncio clients (httpx2), ``c`` at a
-time, each client sending its next request when its answer ends:
+scheduler with ``--max-rows`` rows) is sent streaming chat completions by asyncio clients (httpx2, in a child
+process: they share no interpreter with the server), ``c`` at a time, each sending its next request when its
+answer ends:
 
 - cached: questions over ``--videos`` clips whose memories are already in the cache (each asked once first);
 - uncached: a server whose cache keeps nothing (0 bytes), round-robin over as many clips as the concurrency, so
@@ -16,8 +17,8 @@ time, each client sending its next request when its answer ends:
 Per level: requests/s, generated tokens/s, time to first token (request sent -> first content event) and
 per-token latency ((last token - first event) / the tokens after the first event, per request) at p50 / p99. Each
 level first runs its load untimed (``--warmup`` passes: the scheduler's row-count and capacity buckets compile).
-Bounded: ``--requests`` per level and ``--max-seconds`` per level; loopback only. Goals: at concurrency 8 over cached videos, tokens/s >= 4x concurrency 1; p99 TTFT (cached)
-<= 2x its p50.
+Bounded: ``--requests`` per level and ``--max-seconds`` per level; loopback only. Goals: at concurrency 8 over
+cached videos, tokens/s >= 4x concurrency 1; p99 TTFT (cached) <= 2x its p50.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -133,6 +135,25 @@ async def run_level(url: str, videos: list[str], c: int, n_requests: int, max_se
         return samples, time.perf_counter() - t0
 
 
+def client_level(url: str, videos: list[str], c: int, n: int, max_seconds: float, new_tokens: int):
+    """:func:`run_level` in a child process (no jax there), so the clients share no interpreter (GIL) with the
+    server and its scheduler -> (samples, wall seconds)."""
+    job = json.dumps({"url": url, "videos": videos, "c": c, "n": n, "max_seconds": max_seconds,
+                      "new_tokens": new_tokens})
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--client", job], capture_output=True, text=True,
+                       timeout=max_seconds + 900 if max_seconds < 1e8 else None, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"the client process failed: {r.stderr[-2000:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return [Sample(**d) for d in out["samples"]], out["wall_s"]
+
+
+def client_main(job: str) -> None:
+    j = json.loads(job)
+    samples, wall = asyncio.run(run_level(j["url"], j["videos"], j["c"], j["n"], j["max_seconds"], j["new_tokens"]))
+    print(json.dumps({"samples": [dataclasses.asdict(x) for x in samples], "wall_s": wall}))
+
+
 def summary(mode: str, c: int, samples: list[Sample], wall: float) -> dict:
     ttft = np.array([s.ttft_s for s in samples])
     per_token = np.array([s.per_token_s for s in samples if s.per_token_s is not None] or [np.nan])
@@ -171,13 +192,13 @@ def bench_mode(vx, a, mode: str, media: str, videos: list[str]) -> list[dict]:
     rows = []
     try:
         if mode == "cached":
-            asyncio.run(run_level(server.url, videos[:a.videos], 1, a.videos, 1e9, a.new_tokens))
+            client_level(server.url, videos[:a.videos], 1, a.videos, 1e9, a.new_tokens)
         for c in a.levels:
             pool = videos[:a.videos] if mode == "cached" else videos[:max(c, 2)]
             n = max(a.requests, 2 * c)
             for _ in range(a.warmup):  # the same load untimed: the row / capacity buckets it meets compile
-                asyncio.run(run_level(server.url, pool, c, n, a.max_seconds, a.new_tokens))
-            samples, wall = asyncio.run(run_level(server.url, pool, c, n, a.max_seconds, a.new_tokens))
+                client_level(server.url, pool, c, n, a.max_seconds, a.new_tokens)
+            samples, wall = client_level(server.url, pool, c, n, a.max_seconds, a.new_tokens)
             rows.append(summary(mode, c, samples, wall))
             print("RESULT " + json.dumps(rows[-1]), flush=True)
     finally:
@@ -197,7 +218,10 @@ def main(argv=None) -> None:
     p.add_argument("--videos", type=int, default=2, help="distinct videos of the cached runs (default 2)")
     p.add_argument("--max-rows", type=int, default=16, help="the scheduler's decode rows (default 16)")
     p.add_argument("--modes", default="cached,uncached")
+    p.add_argument("--client", default=None, help=argparse.SUPPRESS)  # internal: one level's clients (JSON job)
     a = p.parse_args(argv)
+    if a.client is not None:
+        return client_main(a.client)
     a.levels = [int(x) for x in a.levels.split(",")]
     media = tempfile.mkdtemp(prefix="vxl_serve_bench_")
     videos = make_videos(media, max(max(a.levels), a.videos, 2), a.frames)
