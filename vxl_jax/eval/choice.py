@@ -61,6 +61,21 @@ def niah_user(question: str, options: Sequence[str]) -> str:
     return f"Question: {question}\nOptions:\n{_paren_options(options)}\n{DIRECT_LETTER}"
 
 
+def vnbench_user(question: str, options: Sequence[str]) -> str:
+    """Video-XL's ``eval/eval_vnbench.py``: ``Question: ..`` / ``Options:`` / ``(A) ..`` lines and a final newline."""
+    return f"Question: {question}\nOptions:\n{_paren_options(options)}\n"
+
+
+def mvbench_user(question: str, options: Sequence[str]) -> str:
+    """MVBench as lmms-eval asks it: ``Question:..`` / ``Option:`` / ``(A) ..`` lines, answer-with-the-letter."""
+    return f"Question:{question}\nOption:\n{_paren_options(options)}\n{DIRECT_LETTER}"
+
+
+def nextqa_user(question: str, options: Sequence[str]) -> str:
+    """NExT-QA multiple choice as lmms-eval asks it: the question, then ``A. ..`` lines (no instruction)."""
+    return f"{question}\n{_dot_options(options)}"
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptStyle:
     """How one benchmark asks: system prompt, user text builder, start of the assistant's answer."""
@@ -76,6 +91,9 @@ STYLES = {
     "videomme": PromptStyle("videomme", DEFAULT_SYSTEM, videomme_user),
     "longvideobench": PromptStyle("longvideobench", DEFAULT_SYSTEM, longvideobench_user),
     "niah": PromptStyle("niah", DEFAULT_SYSTEM, niah_user),
+    "vnbench": PromptStyle("vnbench", WATCH_SYSTEM, vnbench_user),
+    "mvbench": PromptStyle("mvbench", DEFAULT_SYSTEM, mvbench_user),
+    "nextqa": PromptStyle("nextqa", DEFAULT_SYSTEM, nextqa_user),
 }
 
 

@@ -13,6 +13,7 @@
   lmms-eval table's ``option0..option4`` ("N/A" = absent) are read too. Videos: ``VIDEOS/<video_path>``
   or ``VIDEOS/<video_id>.mp4``.
 * **niah**: ``niah.json`` written by :func:`vxl_jax.eval.niah.make_niah`.
+* **VNBench**, **MVBench**, **NExT-QA**: :mod:`vxl_jax.eval.readers_short`.
 
 No reader downloads anything; a missing or malformed field is a ``ValueError`` naming the record.
 """
@@ -43,6 +44,9 @@ class Item:
     num_frames: int | None = None  # frames to read (None: the run's --frames / --fps)
     meta: dict = dataclasses.field(default_factory=dict)  # anything else worth keeping in the results
     video_candidates: list = dataclasses.field(default_factory=list)  # other relative paths to try
+    clip: tuple | None = None  # (start, end) seconds of the video the question is about (MVBench's bounds)
+    frame_fps: float | None = None  # the video is a folder of frames at this rate (MVBench's episodic reasoning)
+    clip_paths: list = dataclasses.field(default_factory=list)  # where ``clip`` applies (else: a pre-cut copy)
 
 
 def _load_rows(path) -> list:
@@ -206,12 +210,22 @@ def read_niah(path) -> list[Item]:
 
 
 READERS = {"mlvu": read_mlvu, "videomme": read_videomme, "longvideobench": read_longvideobench, "niah": read_niah}
+BENCHMARKS = ("mlvu", "videomme", "longvideobench", "vnbench", "mvbench", "nextqa", "niah")
+
+
+def reader(name: str):
+    """The reader function of a benchmark name (those of :mod:`vxl_jax.eval.readers_short` included)."""
+    if name in ("vnbench", "mvbench", "nextqa"):
+        from vxl_jax.eval import readers_short
+
+        return getattr(readers_short, f"read_{name}")
+    return READERS[name]
 
 
 def read_benchmark(name: str, path) -> list[Item]:
-    if name not in READERS:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(READERS)}")
-    items = READERS[name](path)
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
+    items = reader(name)(path)
     if not items:
         raise ValueError(f"{path}: no items")
     seen = set()
@@ -223,12 +237,12 @@ def read_benchmark(name: str, path) -> list[Item]:
 
 
 def find_video(videos_dir, item: Item) -> str:
-    """The item's video file: ``videos_dir/<video>`` or one of its other known places (FileNotFoundError
-    listing the paths tried)."""
+    """The item's video file (or frame folder, for an item with ``frame_fps``): ``videos_dir/<video>`` or one of
+    its other known places (FileNotFoundError listing the paths tried)."""
     tried = []
     for rel in [item.video, *item.video_candidates]:
         p = rel if os.path.isabs(rel) else os.path.join(os.fspath(videos_dir), rel)
-        if os.path.isfile(p):
+        if os.path.isfile(p) or (item.frame_fps and os.path.isdir(p)):
             return p
         tried.append(p)
     raise FileNotFoundError(f"video for item {item.id} not found; tried: {', '.join(tried)}")

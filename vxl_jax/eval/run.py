@@ -23,9 +23,11 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from vxl_jax.eval.clips import read_item_frames
 from vxl_jax.eval.choice import LETTERS, STYLES, letter_logprobs, parse_letter, prompt_ids, text_logprobs
 from vxl_jax.eval.readers import Item, find_video
 from vxl_jax.eval.results import ResultsFile, summarize, write_json_atomic
+from vxl_jax.eval.scores import paper_scores
 from vxl_jax.media.video import VideoStream
 
 SCORINGS = ("generate", "loglik", "loglik-text")
@@ -73,10 +75,11 @@ def read_frames(path: str, size: int, frames: int | None, fps: float | None) -> 
 
 
 def group_by_video(items: Sequence[Item]) -> list[list[Item]]:
-    """Items grouped by video, groups in order of first appearance, items in file order within a group."""
+    """Items grouped by video (and clip of it), groups in order of first appearance, items in file order within a
+    group."""
     groups: dict = {}
     for it in items:
-        groups.setdefault(it.video, []).append(it)
+        groups.setdefault((it.video, it.clip), []).append(it)
     return list(groups.values())
 
 
@@ -161,7 +164,9 @@ def run_benchmark(vx, items: Sequence[Item], videos_dir, out_dir, *, settings: R
         for group in group_by_video(todo):
             t0 = time.perf_counter()
             path = find_video(videos_dir, group[0])
-            frames = read_frames(path, size, group[0].num_frames or settings.frames, settings.fps)
+            count = group[0].num_frames or settings.frames
+            frames = read_item_frames(path, group[0], size, count, settings.fps, DEFAULT_FRAMES)
+            frames = read_frames(path, size, count, settings.fps) if frames is None else frames
             t1 = time.perf_counter()
             memory, prefix = encode_video(vx, frames, style, group[0], settings.ratio, settings.keep_memory)
             t2 = time.perf_counter()
@@ -185,5 +190,6 @@ def run_benchmark(vx, items: Sequence[Item], videos_dir, out_dir, *, settings: R
         bar.close()
         summary = summarize(results.records, total=len(items))
         summary["settings"] = settings.to_json()
+        summary["paper"] = paper_scores(settings.benchmark, results.records)
         write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
     return summary
