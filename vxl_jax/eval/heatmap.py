@@ -4,9 +4,13 @@ y = needle depth, red (0 %) to green (100 %), each cell labelled with its accura
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 
-from vxl_jax.runtime.atomic_io import atomic_path
+from vxl_jax.eval.results import ResultsFile
+from vxl_jax.runtime.atomic_io import atomic_path, write_text
 
 
 def niah_grid(records: list[dict]) -> tuple[list[int], list[float], np.ndarray, np.ndarray]:
@@ -70,3 +74,20 @@ def draw_heatmap(path, lengths, depths, acc: np.ndarray, title: str = "Needle in
     finally:
         plt.close(fig)
     return str(path)
+
+
+def write_niah_report(out_dir: str, echo: bool = True) -> str:
+    """heatmap.md (the table) and heatmap.png (when matplotlib is installed) from OUT/results.jsonl; returns
+    the table (printed with ``echo``)."""
+    lengths, depths, acc, counts = niah_grid(ResultsFile(os.path.join(out_dir, "results.jsonl")).records)
+    table = grid_table(lengths, depths, acc, counts)
+    write_text(os.path.join(out_dir, "heatmap.md"), table + "\n", what="heatmap table")
+    if echo:
+        print(table)
+    try:
+        png = draw_heatmap(os.path.join(out_dir, "heatmap.png"), lengths, depths, acc)
+        if echo:
+            print(f"heatmap: {png}")
+    except ImportError as e:
+        print(f"note: {e}", file=sys.stderr)
+    return table

@@ -76,6 +76,8 @@ def paper_scores(benchmark: str, records: list[dict]) -> dict:
     key = GROUP_KEYS.get(benchmark)
     cells = {k: {"accuracy": c / t, "total": t} for k, (c, t) in _by(records, key).items()} if key else {}
     cells = _ordered(cells, _ORDER.get(key))
+    if benchmark == "niah":
+        cells = {f"depth {float(k):g}%": c for k, c in cells.items()}
     if benchmark in ("mlvu", "mvbench"):
         score = _mean(c["accuracy"] for c in cells.values())
     else:
