@@ -179,6 +179,32 @@ def pytest_collectstart(collector):
                                 "pip install -e '.[dev]', or run only the torch-free tests with -m 'not torch'")
 
 
+# --- the split over CI's two legs -------------------------------------------------------------------------
+# `.ci/run` runs two legs side by side on 2 cores, so its wall time is the longer leg's. The fidelity core (golden
+# cases, the API, sessions, saved memories, evaluation, the server over HTTP, bad input) runs in both legs, on both
+# version sets; each heavy module below runs in one leg only, chosen to balance the legs' times. `first_leg`: the
+# Python 3.11 leg only (with the modules needing torch and the tests marked `slow`); `second_leg`: the Python 3.12
+# leg only (newest jax / flax). A test marked `slow` inside a `second_leg` module stays in the first leg.
+ONE_LEG = {
+    "first_leg": ("test_train_resume", "test_train_sharding", "test_sharding", "test_multihost", "test_readme",
+                  "test_atomic_io", "test_lean_backward"),
+    "second_leg": ("test_pallas_attention", "test_sharded_inference", "test_batched", "test_train_memory",
+                   "test_infer_cli", "test_runtime_switches", "test_serve_scheduler", "test_compression_reference",
+                   "test_blocked_attention"),
+}
+_LEG_OF = {module: leg for leg, modules in ONE_LEG.items() for module in modules}
+_unknown = sorted(m for m in _LEG_OF if not (ROOT / "tests" / f"{m}.py").is_file())
+assert not _unknown, f"ONE_LEG names test modules that do not exist: {_unknown}"
+
+
+def _leg_marker(item, needs_torch: bool):
+    """The one-leg marker the table above gives ``item``, or None (both legs)."""
+    leg = _LEG_OF.get(item.path.stem)
+    if leg == "second_leg" and (needs_torch or item.get_closest_marker("slow")):
+        return None
+    return getattr(pytest.mark, leg) if leg else None
+
+
 def pytest_collection_modifyitems(config, items):
     needs = {}
     for item in items:
@@ -187,6 +213,11 @@ def pytest_collection_modifyitems(config, items):
             needs[path] = _module_needs_torch(path)
         if needs[path]:
             item.add_marker(pytest.mark.torch)
+        marker = _leg_marker(item, needs[path])
+        if marker is not None:
+            item.add_marker(marker)
+        if item.get_closest_marker("first_leg") and item.get_closest_marker("second_leg"):
+            raise pytest.UsageError(f"{item.nodeid} is marked first_leg and second_leg: no CI leg would run it")
         # CI's 3.11 leg skips `second_leg`, its 3.12 leg skips `slow` and `torch`: a test with both would run in none
         if item.get_closest_marker("second_leg") and (item.get_closest_marker("slow") or needs[path]):
             raise pytest.UsageError(f"{item.nodeid} is marked second_leg and slow or torch: no CI leg would run it")

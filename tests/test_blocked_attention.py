@@ -9,7 +9,6 @@ import pytest
 
 from vxl_jax.model import attention, blocked
 
-pytestmark = pytest.mark.second_leg  # CI: run by the Python 3.12 leg only (balances the two legs' times)
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ from compression_reference import build_layout, run
 from vxl_jax.infer.api import VideoXL
 from vxl_jax.model import random_model
 
-pytestmark = pytest.mark.second_leg  # CI: run by the Python 3.12 leg only (balances the two legs' times)
 
 
 @pytest.fixture(scope="module")
