@@ -125,7 +125,6 @@ def record(path, **row):
 
 def run_train(a, frames_list):
     """The 7B train step on the train slice, via bench/train_memory.py's abstract trainer and batch."""
-    import jax
     from jax.experimental import topologies
 
     import train_memory as tm

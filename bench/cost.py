@@ -314,9 +314,9 @@ def main():
           f"forward, own process, torch threads {a.yardstick_threads or 'default'}): median {Y:.3f} s over {len(yard)} processes "
           f"(min {min(yard):.3f}, max {max(yard):.3f}); issue 8 measured {ORIGINAL_YARDSTICK_S} s")
     print("original = the PyTorch Video-XL, issue 8 (measured earlier on this machine kind, not by this run)\n")
-    hdr = (f"| frames | first call s | compile s | prefill s (steady) | prefill yardsticks | goal | "
-           f"original s | original yardsticks | speed-up vs original (yardsticks) | peak RSS MiB | "
-           f"RSS growth MiB/frame | original RSS MiB |")
+    hdr = ("| frames | first call s | compile s | prefill s (steady) | prefill yardsticks | goal | "
+           "original s | original yardsticks | speed-up vs original (yardsticks) | peak RSS MiB | "
+           "RSS growth MiB/frame | original RSS MiB |")
     print(hdr)
     print("|" + "|".join(["---"] * (hdr.count("|") - 1)) + "|")
     for f in sorted(rows):

@@ -112,7 +112,7 @@ def main(argv=None):
                  "train.min_lr_ratio=0.1", f"train.ratios={ratios}", "train.eval_ratio=8" if 8 in ratios else
                  f"train.eval_ratio={ratios[0]}", "train.eval_every=0", "train.log_every=50",
                  f"train.workdir={os.path.join(work, 'run')}", f"train.seed={a.seed}", f"train.init_std={a.init_std}",
-                 f"data.train={data['train']}", f"data.eval=null", f"data.video_folder={data['video_folder']}",
+                 f"data.train={data['train']}", "data.eval=null", f"data.video_folder={data['video_folder']}",
                  "data.frames_upbound=30", f"checkpoint.every={max(a.steps, 1)}"]
     summary = run(CONFIG, overrides)
     metrics = [json.loads(line) for line in open(summary["metrics"]) if '"loss"' in line]

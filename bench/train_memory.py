@@ -102,7 +102,7 @@ def top_buffers(dump_dir: str, n: int, min_mib: float = 1.0):
             if len(g[1]) < 3:
                 g[1].append(name)
     rows = sorted(groups.items(), key=lambda kv: -kv[0][0] * len(kv[1][0]))[:n]
-    print(f"\nlargest temp buffers (XLA buffer assignment; MiB each x distinct places = MiB):")
+    print("\nlargest temp buffers (XLA buffer assignment; MiB each x distinct places = MiB):")
     for (size, shape), (places, names) in rows:
         print(f"  {size / MiB:9.1f} x {len(places):2d} = {size * len(places) / MiB:9.1f}  {shape:<44} {', '.join(names)[:70]}")
 
@@ -261,7 +261,6 @@ def run_cpu(a):
 
 
 def run_tpu(a):
-    import jax
     from jax.experimental import topologies
 
     from vxl_jax.runtime import sharding as sh

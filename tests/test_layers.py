@@ -15,7 +15,6 @@ The root ``vxl_jax/__init__.py`` is the public facade and may name anything.
 from __future__ import annotations
 
 import ast
-import pathlib
 
 from tests.test_imports import PACKAGE, _imports, _modules
 

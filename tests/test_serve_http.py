@@ -28,7 +28,6 @@ import time
 import types
 
 import httpx2 as httpx
-import numpy as np
 import openai
 import pytest
 

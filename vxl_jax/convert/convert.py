@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 import time
 
 import ml_dtypes
