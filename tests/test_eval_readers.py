@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from vxl_jax.eval.readers import (find_video, read_benchmark, read_longvideobench, read_mlvu, read_niah,
-                                  read_videomme)
+from vxl_jax.eval.benchmarks import read_benchmark
+from vxl_jax.eval.readers import find_video, read_longvideobench, read_mlvu, read_niah, read_videomme
 
 
 def _touch(path):

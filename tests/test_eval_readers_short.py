@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from vxl_jax.eval.clips import clip_range, read_item_frames
-from vxl_jax.eval.readers import find_video, read_benchmark
+from vxl_jax.eval.benchmarks import read_benchmark
+from vxl_jax.eval.readers import find_video
 from vxl_jax.eval.run import group_by_video
 from vxl_jax.eval.scores import paper_scores
 

@@ -21,7 +21,7 @@ from vxl_jax.convert.folder import check_converted_folder
 from vxl_jax.infer.api import VideoXL
 from vxl_jax.infer.demo import default_model
 from vxl_jax.eval.heatmap import write_niah_report  # noqa: F401 (bench/niah_demo.py imports it from here)
-from vxl_jax.eval.readers import BENCHMARKS, read_benchmark
+from vxl_jax.eval.benchmarks import BENCHMARKS, read_benchmark
 from vxl_jax.eval.run import RunSettings, SCORINGS, run_benchmark
 from vxl_jax.eval.suite import run_suite
 from vxl_jax.runtime.cli_args import OneLineParser

@@ -15,6 +15,8 @@
 * **niah**: ``niah.json`` written by :func:`vxl_jax.eval.niah.make_niah`.
 * **VNBench**, **MVBench**, **NExT-QA**: :mod:`vxl_jax.eval.readers_short`.
 
+Every benchmark by name: :mod:`vxl_jax.eval.benchmarks`.
+
 No reader downloads anything; a missing or malformed field is a ``ValueError`` naming the record.
 """
 
@@ -206,33 +208,6 @@ def read_niah(path) -> list[Item]:
             answer=row["answer"], groups={"length": int(row["length"]), "depth": float(row["depth"])},
             num_frames=int(row.get("num_frames") or row["length"]),
             meta={k: row[k] for k in ("needle", "needle_frames") if k in row}))
-    return items
-
-
-READERS = {"mlvu": read_mlvu, "videomme": read_videomme, "longvideobench": read_longvideobench, "niah": read_niah}
-BENCHMARKS = ("mlvu", "videomme", "longvideobench", "vnbench", "mvbench", "nextqa", "niah")
-
-
-def reader(name: str):
-    """The reader function of a benchmark name (those of :mod:`vxl_jax.eval.readers_short` included)."""
-    if name in ("vnbench", "mvbench", "nextqa"):
-        from vxl_jax.eval import readers_short
-
-        return getattr(readers_short, f"read_{name}")
-    return READERS[name]
-
-
-def read_benchmark(name: str, path) -> list[Item]:
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
-    items = reader(name)(path)
-    if not items:
-        raise ValueError(f"{path}: no items")
-    seen = set()
-    for it in items:
-        if it.id in seen:
-            raise ValueError(f"{path}: item id {it.id!r} appears twice")
-        seen.add(it.id)
     return items
 
 

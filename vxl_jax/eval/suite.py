@@ -17,7 +17,7 @@ import glob
 import os
 
 from vxl_jax.eval.heatmap import write_niah_report
-from vxl_jax.eval.readers import read_benchmark
+from vxl_jax.eval.benchmarks import read_benchmark
 from vxl_jax.eval.results import ResultsFile, write_json_atomic
 from vxl_jax.eval.run import RunSettings, run_benchmark
 from vxl_jax.eval.scores import paper_scores
