@@ -186,11 +186,11 @@ def pytest_collectstart(collector):
 # Python 3.11 leg only (with the modules needing torch and the tests marked `slow`); `second_leg`: the Python 3.12
 # leg only (newest jax / flax). A test marked `slow` inside a `second_leg` module stays in the first leg.
 ONE_LEG = {
-    "first_leg": ("test_train_resume", "test_train_sharding", "test_sharding", "test_multihost", "test_readme",
-                  "test_atomic_io", "test_lean_backward"),
+    "first_leg": ("test_train_resume", "test_train_sharding", "test_readme", "test_atomic_io", "test_lean_backward",
+                  "test_eval_suite"),
     "second_leg": ("test_pallas_attention", "test_sharded_inference", "test_batched", "test_train_memory",
                    "test_infer_cli", "test_runtime_switches", "test_serve_scheduler", "test_compression_reference",
-                   "test_blocked_attention"),
+                   "test_blocked_attention", "test_sharding", "test_multihost"),
 }
 _LEG_OF = {module: leg for leg, modules in ONE_LEG.items() for module in modules}
 _unknown = sorted(m for m in _LEG_OF if not (ROOT / "tests" / f"{m}.py").is_file())
