@@ -96,6 +96,16 @@ def _options(opts, where: str) -> list:
     return [str(o) for o in opts]
 
 
+def _candidates(row: dict, where: str) -> list:
+    """A record with ``video``, ``question``, ``candidates`` and an ``answer`` that is one of them (MLVU's and
+    MVBench's layout) -> its options."""
+    _need(row, ("video", "question", "candidates", "answer"), where)
+    options = _options(row["candidates"], where)
+    if str(row["answer"]) not in options:
+        raise ValueError(f"{where}: answer {row['answer']!r} is not one of the candidates {options}")
+    return options
+
+
 # ---------------------------------------------------------------------------- MLVU
 
 MLVU_TASK = re.compile(r"^\d+_(.+)$")  # "1_plotQA" -> "plotQA"
@@ -114,10 +124,7 @@ def read_mlvu(path) -> list[Item]:
         task_dir = stem
         for i, row in enumerate(_load_rows(file)):
             where = f"{file} record {i}"
-            _need(row, ("video", "question", "candidates", "answer"), where)
-            options = _options(row["candidates"], where)
-            if str(row["answer"]) not in options:
-                raise ValueError(f"{where}: answer {row['answer']!r} is not one of the candidates {options}")
+            options = _candidates(row, where)
             task = str(row.get("question_type") or (m.group(1) if m else stem))
             video = str(row["video"])
             items.append(Item(

@@ -35,7 +35,7 @@ import json
 import os
 
 from vxl_jax.eval.choice import LETTERS
-from vxl_jax.eval.readers import VIDEO_EXTENSIONS, Item, _load_rows, _need, _options
+from vxl_jax.eval.readers import VIDEO_EXTENSIONS, Item, _candidates, _load_rows, _need, _options
 
 VNBENCH_TASKS = {"ret": "retrieval", "ord": "ordering", "cnt": "counting"}
 
@@ -135,10 +135,7 @@ def read_mvbench(path) -> list[Item]:
         folder, alt, bounded, frame_fps = MVBENCH_TASKS[task]
         for i, row in enumerate(_load_rows(file)):
             where = f"{file} record {i}"
-            _need(row, ("video", "question", "candidates", "answer"), where)
-            options = _options(row["candidates"], where)
-            if str(row["answer"]) not in options:
-                raise ValueError(f"{where}: answer {row['answer']!r} is not one of the candidates {options}")
+            options = _candidates(row, where)
             video = str(row["video"])
             rels = [os.path.join(folder, video), os.path.join("video", folder, video)]
             alts = [os.path.join(p, video) for p in (alt, f"video/{alt}") if alt]

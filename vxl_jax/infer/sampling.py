@@ -51,9 +51,10 @@ def _divide(x: jax.Array, c) -> jax.Array:
     return x / jax.lax.optimization_barrier(jnp.full(x.shape, c, x.dtype))
 
 
-def repetition_penalty_jax(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
-    """logits [..., V], seen bool [..., V]: seen negative logits times ``penalty``, positive ones divided."""
-    if penalty == 1.0:
+def repetition_penalty_jax(logits: jax.Array, seen: jax.Array, penalty) -> jax.Array:
+    """logits [..., V], seen bool [..., V]: seen negative logits times ``penalty``, positive ones divided.
+    ``penalty``: a Python float (1.0: nothing to do) or a traced scalar (one row's setting)."""
+    if isinstance(penalty, (int, float)) and penalty == 1.0:
         return logits
     return jnp.where(seen, jnp.where(logits < 0, logits * penalty, _divide(logits, penalty)), logits)
 
@@ -131,9 +132,7 @@ def choose_row_jax(logits: jax.Array, seen: jax.Array, p: RowParams, key: jax.Ar
     """One row: logits [V] fp32, seen bool [V], its settings (scalars of :class:`RowParams`), a PRNG key -> the next
     id (int32 scalar), equal to ``choose_jax`` with that row's :class:`SamplingParams`. ``sample`` (static): some
     row of the batch samples (else only the argmax is computed)."""
-    scores = logits.astype(jnp.float32)
-    pen = p.repetition_penalty
-    scores = jnp.where(seen, jnp.where(scores < 0, scores * pen, _divide(scores, pen)), scores)
+    scores = repetition_penalty_jax(logits.astype(jnp.float32), seen, p.repetition_penalty)
     greedy = jnp.argmax(scores, axis=-1).astype(jnp.int32)
     if not sample:
         return greedy
